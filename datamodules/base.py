@@ -1,0 +1,174 @@
+"""Shared machinery of all datamodules: data-directory checks, the in-memory uint8 fast path, normalisation and
+batch augmentation on the model's device."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from datamodules.augment import normalize, random_crop, random_hflip
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are not where the datamodule looks; the message says which files and where."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir``, or ``$DATA_DIR``, or ``./data``; an existing path that is not a directory is an error."""
+    path = Path(data_dir or os.environ.get("DATA_DIR") or "data").expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"data_dir {str(path)!r} is a file; it must be the directory that holds the datasets")
+    return path
+
+
+def missing_data_error(name: str, root: Path, expected: Sequence[str], how: str = "") -> DataNotFoundError:
+    """The error raised when ``name``'s files are absent: lists them, where they are looked for, and the remedies."""
+    files = "\n".join(f"  {root / f}" for f in expected)
+    return DataNotFoundError(
+        f"{name} not found. Expected these files:\n{files}\n"
+        f"Put them there, point DATA_DIR (or datamodule.data_dir=...) at the directory that holds them"
+        f"{', or ' + how if how else ''}."
+    )
+
+
+class TensorBatchDataset(Dataset):
+    """Images (uint8, N x C x H x W) and labels held in memory; ``__getitems__`` gathers a whole batch at once."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("expected uint8 images of shape N x C x H x W and N labels")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def _batch_is_collated(batch):
+    """Collate function for ``TensorBatchDataset``: the batch is already stacked by ``__getitems__``."""
+    return batch
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base of every datamodule: normalises uint8 batches after their transfer to the model's device and, in
+    training, augments them there (random crop with ``crop_padding``, horizontal flip when ``flip``).
+
+    Subclasses set the class attributes and implement ``check_files`` and ``_datasets``.
+    """
+
+    name: str = "dataset"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: bool = True,
+        crop_padding: int = 4,
+        flip: bool = True,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.data_dir = resolve_data_dir(data_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.download = num_workers, download
+        self.augment, self.crop_padding, self.flip = augment, crop_padding, flip
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self._mean, self._std = torch.tensor(self.mean), torch.tensor(self.std)
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def check_files(self) -> None:
+        """Raise ``DataNotFoundError`` (or download, when ``download`` is set) unless the files are present."""
+        raise NotImplementedError
+
+    def _datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The train, validation and test datasets, yielding uint8 images."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        self.check_files()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.check_files()
+            self.train_set, self.val_set, self.test_set = self._datasets()
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        size = self.batch_size if train else self.eval_batch_size
+        if isinstance(dataset, TensorBatchDataset):
+            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+            return DataLoader(dataset, batch_sampler=BatchSampler(sampler, size, drop_last=train),
+                              collate_fn=_batch_is_collated, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=size, shuffle=train, drop_last=train, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 batch -> normalised float batch, augmented when ``train`` and ``augment``."""
+        if train and self.augment:
+            images = random_crop(images, self.crop_padding)
+            if self.flip:
+                images = random_hflip(images)
+        return normalize(images, self._mean, self._std)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Normalise (and in training augment) ``(uint8 images, labels)`` batches; anything else (the model
+        summary's example input) passes through unchanged."""
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and batch[0].dtype == torch.uint8):
+            return batch
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform_batch(images, training), labels
+
+
+def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_fraction: float, seed: int):
+    """A seeded random split of the training tensors into (train, val) ``TensorBatchDataset``s."""
+    n_val = int(round(len(labels) * val_fraction))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return (TensorBatchDataset(images[train_idx], labels[train_idx]),
+            TensorBatchDataset(images[val_idx], labels[val_idx]))
+
+
+class InMemoryImageDataModule(ImageDataModule):
+    """A datamodule whose decoded images fit in memory as one uint8 tensor; subclasses implement ``load`` ."""
+
+    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (N x C x H x W) and int labels of the train or test split."""
+        raise NotImplementedError
+
+    def _datasets(self):
+        train, val = split_train_val(*self.load(train=True), self.val_fraction, self.split_seed)
+        return train, val, TensorBatchDataset(*self.load(train=False))

@@ -1,0 +1,1 @@
+"""Runtime glue of the entry points: building components from configs, logging, the train loop driver."""

@@ -1,0 +1,46 @@
+"""VGG-16 with batch normalisation, CIFAR variant (as in Li et al. 2017 and HRank: 14.98M parameters)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from models.blocks import ConvBNReLU, scaled_widths
+
+VGG16_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+VGG16_POOL_AFTER = (1, 3, 6, 9)
+
+
+class VGG16BN(nn.Module):
+    """13 ``ConvBNReLU`` blocks (max pooling after blocks 1, 3, 6, 9), 2x2 average pooling, then
+    linear(512) - BN - ReLU - linear(classes)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: float = 1.0,
+        channels: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.widths = scaled_widths(VGG16_WIDTHS, width, channels)
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, out in enumerate(self.widths):
+            layers.append(ConvBNReLU(prev, out))
+            if i in VGG16_POOL_AFTER:
+                layers.append(nn.MaxPool2d(2))
+            prev = out
+        self.features = nn.Sequential(*layers)
+        hidden = max(1, round(512 * width))
+        self.classifier = nn.Sequential(
+            nn.Linear(prev, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        return self.classifier(x)
