@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import normalize, random_crop, random_hflip
 
@@ -118,12 +118,12 @@ class ImageDataModule(pl.LightningDataModule):
             self.train_set, self.val_set, self.test_set = self._datasets()
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        size = self.batch_size if train else self.eval_batch_size
-        if isinstance(dataset, TensorBatchDataset):
-            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
-            return DataLoader(dataset, batch_sampler=BatchSampler(sampler, size, drop_last=train),
-                              collate_fn=_batch_is_collated, num_workers=self.num_workers)
-        return DataLoader(dataset, batch_size=size, shuffle=train, drop_last=train, num_workers=self.num_workers,
+        """Shuffled, last-partial-batch-dropped batches for training; in-order batches for evaluation. In-memory
+        datasets gather each batch with one indexing op (``__getitems__``) and skip collation."""
+        in_memory = isinstance(dataset, TensorBatchDataset)
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train, num_workers=self.num_workers,
+                          collate_fn=_batch_is_collated if in_memory else None,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

@@ -115,9 +115,10 @@ class ImageNetDataModule(ImageDataModule):
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     subdir = "imagenet"
 
-    def __init__(self, num_workers: int = 8, val_fraction: float = 0.01, num_classes: int = 1000, **kwargs) -> None:
+    def __init__(self, num_workers: int = 8, val_fraction: float = 0.01, num_classes: int = 1000,
+                 image_size: int = 224, **kwargs) -> None:
         super().__init__(num_workers=num_workers, val_fraction=val_fraction, augment=False, **kwargs)
-        self.num_classes = num_classes
+        self.num_classes, self.image_size = num_classes, image_size
 
     def check_files(self) -> None:
         root = self.data_dir / self.subdir

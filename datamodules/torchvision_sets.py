@@ -4,6 +4,7 @@ Each reads its files in the original on-disk format from ``data_dir/<subdir>`` a
 ``download=true`` (which needs a network)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,12 +18,17 @@ def _files_present(root: Path, files: list[str]) -> bool:
 
 
 class _PresentFilesCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader, accepting any copy of the pickled batches (md5 checked by ``check_files``
-    only for presence, so re-packed or test-generated copies load)."""
+    """torchvision's CIFAR-10 reader, accepting any copy of the pickled batches (files checked for presence, not
+    md5, so re-packed or test-generated copies load)."""
 
     def _check_integrity(self) -> bool:
         return _files_present(Path(self.root) / self.base_folder,
                               [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]])
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
 class _PresentFilesCIFAR100(_PresentFilesCIFAR10, datasets.CIFAR100):

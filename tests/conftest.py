@@ -1,0 +1,44 @@
+"""Shared fixtures: composing configs with Hydra's compose API, isolated output and cache directories."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+SHARED_DATA = ROOT.parent / "shared" / "datasets"
+
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` with ``overrides``; the run writes to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF):
+        cfg = compose(config_name=name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.cache_dir = str(output_dir / "cache")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(overrides, name="train")``: a composed config writing under this test's tmp_path."""
+
+    def make(overrides: list[str] | None = None, name: str = "train") -> DictConfig:
+        return compose_config(name, list(overrides or []), tmp_path / "run")
+
+    return make
+
+
+FAST = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=none",
+        "++trainer.enable_progress_bar=false"]

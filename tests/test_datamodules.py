@@ -1,0 +1,146 @@
+"""Datamodules: every config composes; the torchvision-format loaders read files written in the real formats;
+batch augmentation; clear errors for missing data and bad paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from datamodules import (CIFAR10DataModule, CIFAR100DataModule, CIFAR10JPEGDataModule, DataNotFoundError,
+                         DigitsDataModule, FashionMNISTDataModule, ImageNetDataModule, MNISTDataModule,
+                         SVHNDataModule)
+from datamodules.augment import normalize, random_crop, random_hflip
+from tests import data_writers
+
+DATAMODULES = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "cifar10_jpeg", "imagenet"]
+
+
+@pytest.mark.parametrize("name", DATAMODULES)
+def test_every_datamodule_config_composes_and_instantiates(make_cfg, name, tmp_path):
+    cfg = make_cfg([f"datamodule={name}", f"datamodule.data_dir={tmp_path}"])
+    dm = instantiate(cfg.datamodule)
+    assert dm.num_classes in (10, 100, 1000) and len(dm.input_shape) == 3
+
+
+def check_splits(dm, n_train_total: int, n_test: int, channels: int, size: int, num_classes: int):
+    dm.setup()
+    n_val = round(n_train_total * dm.val_fraction)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (n_train_total - n_val, n_val, n_test)
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape[1:] == (channels, size, size)
+    assert labels.max() < num_classes
+    return images, labels
+
+
+def test_cifar10_reads_pickled_batches(tmp_path):
+    data_writers.write_cifar10(tmp_path)
+    _, labels = check_splits(CIFAR10DataModule(data_dir=tmp_path, batch_size=8, val_fraction=0.1), 100, 30, 3, 32, 10)
+    assert labels.tolist() == [i % 10 for i in range(8)]
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    data_writers.write_cifar100(tmp_path)
+    dm = CIFAR100DataModule(data_dir=tmp_path, eval_batch_size=100, val_fraction=0.2)
+    _, labels = check_splits(dm, 200, 100, 3, 32, 100)
+    assert labels.tolist() == list(range(100))
+
+
+def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
+    data_writers.write_svhn(tmp_path)
+    _, labels = check_splits(SVHNDataModule(data_dir=tmp_path, eval_batch_size=20), 50, 20, 3, 32, 10)
+    assert labels.tolist() == [i % 10 for i in range(1, 21)]
+
+
+@pytest.mark.parametrize("cls,folder", [(MNISTDataModule, "mnist/MNIST"),
+                                        (FashionMNISTDataModule, "fashion_mnist/FashionMNIST")])
+def test_mnist_family_reads_idx_files(tmp_path, cls, folder):
+    data_writers.write_mnist(tmp_path, folder=folder)
+    _, labels = check_splits(cls(data_dir=tmp_path, eval_batch_size=40), 100, 40, 1, 28, 10)
+    assert labels.tolist() == [i % 10 for i in range(40)]
+
+
+def test_cifar10_jpeg_decodes_archive_once_into_cache(tmp_path):
+    data_writers.write_cifar10_jpeg_archive(tmp_path)
+    dm = CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache", val_fraction=0.5)
+    dm.prepare_data()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    images, labels = check_splits(dm, 60, 20, 3, 32, 10)
+    assert labels.tolist() == sorted(labels.tolist())  # test split in ImageFolder order: class by class
+    assert labels.bincount().tolist() == [2] * 10
+
+
+def test_cifar10_jpeg_reads_extracted_tree_like_image_folder(tmp_path):
+    data_writers.write_image_folder(tmp_path / "cifar10-jpeg", {"train": 3, "test": 2}, classes=10)
+    dm = CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache", val_fraction=0.0)
+    dm.setup()
+    from torchvision.datasets import ImageFolder
+    reference = ImageFolder(str(tmp_path / "cifar10-jpeg" / "test"))
+    assert dm.test_set.labels.tolist() == reference.targets
+    first = torch.from_numpy(__import__("numpy").asarray(reference[0][0])).permute(2, 0, 1)
+    assert torch.equal(dm.test_set.images[0], first)
+
+
+def test_imagenet_reads_image_folders(tmp_path):
+    data_writers.write_image_folder(tmp_path / "imagenet", {"train": 10, "val": 2}, classes=3, size=64)
+    dm = ImageNetDataModule(data_dir=tmp_path, num_classes=3, num_workers=0, val_fraction=0.1, eval_batch_size=6,
+                            image_size=56)
+    images, labels = check_splits(dm, 30, 6, 3, 56, 3)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    a, b = DigitsDataModule(split_seed=0), DigitsDataModule(split_seed=1)
+    a.setup(), b.setup()
+    assert len(a.train_set) + len(a.val_set) + len(a.test_set) == 1797
+    assert torch.equal(a.test_set.images, b.test_set.images)  # test set independent of the split seed
+    assert not torch.equal(a.val_set.labels, b.val_set.labels)
+
+
+def test_random_crop_takes_windows_of_the_padded_image():
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop(images, padding=2)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for img, crop in zip(padded, out):
+        windows = [img[:, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(crop, w) for w in windows)
+    assert not all(torch.equal(a, b) for a, b in zip(out, images))
+    assert torch.equal(random_crop(images, 0), images)
+
+
+def test_hflip_and_normalize():
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (64, 1, 4, 4), dtype=torch.uint8)
+    flipped = random_hflip(images)
+    same = [torch.equal(a, b) for a, b in zip(flipped, images)]
+    assert all(s or torch.equal(f, i.flip(-1)) for s, f, i in zip(same, flipped, images))
+    assert 10 < sum(same) < 54
+    x = normalize(images, torch.tensor([0.5]), torch.tensor([0.25]))
+    assert torch.allclose(x, (images.double() / 255 - 0.5).float() / 0.25, atol=1e-6)
+
+
+def test_missing_data_names_the_files_and_where(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        MNISTDataModule(data_dir=tmp_path).prepare_data()
+    assert str(tmp_path / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte") in str(err.value)
+    assert "DATA_DIR" in str(err.value) and "download=true" in str(err.value)
+    with pytest.raises(DataNotFoundError, match="cifar10-jpeg.tar.gz"):
+        CIFAR10JPEGDataModule(data_dir=tmp_path).prepare_data()
+
+
+def test_data_dir_that_is_a_file_is_rejected(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        CIFAR10DataModule(data_dir=path)
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[2] / "shared/datasets/mnist").exists(), reason="no shared MNIST")
+def test_real_mnist_matches_the_documented_facts():
+    dm = MNISTDataModule(data_dir=Path(__file__).parents[2] / "shared/datasets", val_fraction=0.0)
+    dm.setup()
+    assert len(dm.train_set) == 60000 and len(dm.test_set) == 10000
+    assert dm.test_set.labels[0] == 7
+    assert abs(dm.train_set.images.float().mean().item() / 255 - 0.1307) < 1e-3

@@ -1,0 +1,102 @@
+"""train.py: fast_dev_run of every network, a digits run that learns, resume, W&B offline, DDP on CPU, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from datamodules import DataNotFoundError
+from infoprune.training import metric_value, train
+from tests import data_writers
+from tests.conftest import FAST, ROOT
+
+FDR = FAST + ["++trainer.fast_dev_run=true", "trainer.accelerator=cpu"]
+
+
+def test_fast_dev_run_simplenet_and_lenet5_on_digits(make_cfg):
+    for model in ("model=simplenet_digits", "model=lenet5"):
+        extra = ["model.net.input_size=8", "model.net.padding=2"] if model.endswith("lenet5") else []
+        metrics = train(make_cfg(FDR + [model] + extra))
+        assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("model", ["vgg16_bn", "resnet56"])
+def test_fast_dev_run_cifar_networks_on_cifar10_files(make_cfg, tmp_path, model):
+    data_writers.write_cifar10(tmp_path / "data")
+    metrics = train(make_cfg(FDR + [f"model={model}", "datamodule=cifar10", f"datamodule.data_dir={tmp_path / 'data'}",
+                                    "datamodule.batch_size=8"]))
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_fast_dev_run_alexnet_on_image_folder(make_cfg, tmp_path):
+    data_writers.write_image_folder(tmp_path / "data" / "imagenet", {"train": 4, "val": 2}, classes=3, size=72)
+    metrics = train(make_cfg(FDR + ["model=alexnet", "datamodule=imagenet", f"datamodule.data_dir={tmp_path / 'data'}",
+                                    "datamodule.num_classes=3", "datamodule.image_size=64", "datamodule.num_workers=0",
+                                    "datamodule.batch_size=4", "datamodule.val_fraction=0.25"]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_digits_default_learns_and_returns_the_optimized_metric(make_cfg, tmp_path):
+    cfg = make_cfg(FAST + ["trainer.max_epochs=4", "trainer.accelerator=cpu"])
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.8  # chance is 0.1
+    assert metric_value(metrics, cfg.optimized_metric) == metrics["val/acc"]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "run" / "config_resolved.yaml").exists()
+    with pytest.raises(KeyError, match="was not logged"):
+        metric_value(metrics, "val/nonexistent")
+
+
+def test_resume_from_last_checkpoint_continues_the_epoch_count(make_cfg, tmp_path):
+    train(make_cfg(FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    train(make_cfg(FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false", f"ckpt_path={last}"]))
+    assert torch.load(last, weights_only=False)["epoch"] == 2
+
+
+def test_wandb_logger_without_api_key_logs_offline(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials
+    overrides = [o for o in FDR if o != "logger=none"] + ["logger=wandb"]
+    train(make_cfg(overrides))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_unknown_model_or_datamodule_name_is_a_clear_error(make_cfg):
+    with pytest.raises(MissingConfigException, match="model"):
+        make_cfg(["model=resnet1000"])
+    with pytest.raises(MissingConfigException, match="datamodule"):
+        make_cfg(["datamodule=nosuchdata"])
+
+
+def test_missing_data_fails_before_training_and_writes_no_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg(FAST + ["datamodule=mnist", f"datamodule.data_dir={tmp_path / 'empty'}"])
+    with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_data_dir_that_is_a_file_fails_before_training(make_cfg, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(Exception, match="is a file"):
+        train(make_cfg(FAST + ["datamodule=mnist", f"datamodule.data_dir={tmp_path / 'afile'}"]))
+
+
+def test_ddp_on_cpu_with_two_processes_trains_and_checkpoints(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", "trainer.max_epochs=2", "logger=csv",
+           "callbacks.rich_progress_bar=null", "++trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}",
+           f"paths.log_dir={tmp_path / 'logs'}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert "test/acc" in result.stdout
