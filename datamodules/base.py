@@ -135,6 +135,30 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, train=False)
 
+    def calibration_dataset(self) -> Dataset:
+        """Un-augmented images that statistics are collected on (the training split)."""
+        return self.train_set
+
+    def calibration_batches(self, num_images: int, batch_size: int, seed: int, device: torch.device,
+                            rank: int = 0, world_size: int = 1):
+        """A callable yielding normalised ``(images, labels)`` batches on ``device`` for channel statistics:
+        ``num_images`` images drawn (seeded) from ``calibration_dataset()``, cut into batches of ``batch_size``,
+        batch ``i`` going to process ``i % world_size``. No image is repeated or padded, and every batch is the
+        same as in a single-process run, so per-image activations do not depend on the number of processes."""
+        if self.train_set is None:
+            self.setup("fit")
+        dataset = self.calibration_dataset()
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images]
+        mine = [b.tolist() for b in order.split(batch_size)][rank::world_size]
+        collate = _batch_is_collated if isinstance(dataset, TensorBatchDataset) else None
+        loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=self.num_workers)
+
+        def batches():
+            for images, labels in loader:
+                yield self.transform_batch(images.to(device), train=False), labels.to(device)
+
+        return batches
+
     def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 batch -> normalised float batch, augmented when ``train`` and ``augment``."""
         if train and self.augment:

@@ -125,6 +125,10 @@ class ImageNetDataModule(ImageDataModule):
         if not ((root / "train").is_dir() and (root / "val").is_dir()):
             raise missing_data_error(self.name, root, ["train/<wnid>/*.JPEG", "val/<wnid>/*.JPEG"])
 
+    def calibration_dataset(self):
+        """The validation split (carved from train, evaluation transforms): un-augmented training images."""
+        return self.val_set
+
     def _datasets(self):
         root = self.data_dir / self.subdir
         size = self.image_size

@@ -1,0 +1,66 @@
+"""Lightning glue for channel scoring: when, inside a Trainer, statistics are collected and channels scored."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from pruning.layers import find_prunable_layers
+from pruning.metrics import ChannelScorer
+from pruning.stats import LayerStatistics, collect_statistics
+from pruning.storage import save_channel_scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StatisticsSettings:
+    """How feature-map statistics are gathered (see ``pruning.stats.collect_statistics``)."""
+
+    tap: str = "act"
+    bins: int = 32
+    binning: str = "width"
+    num_images: int = 1280
+    batch_size: int = 256
+    seed: int = 0
+    fine_bins: int = 2048
+
+
+def score_channels(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: ChannelScorer,
+                   settings: StatisticsSettings) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
+    """Scores of every prunable channel of ``pl_module.net`` by ``metric``; data-driven metrics first collect
+    statistics on the datamodule's calibration images, each process on its own shard, reduced across processes."""
+    net = pl_module.net
+    layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
+    stats = None
+    if metric.needs_statistics:
+        datamodule = trainer.datamodule
+        batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
+                                                 pl_module.device, trainer.global_rank, trainer.world_size)
+        stats = collect_statistics(net, layers, batches, datamodule.num_classes, bins=settings.bins,
+                                   binning=settings.binning, tap=settings.tap, fine_bins=settings.fine_bins,
+                                   progress=trainer.progress_bar_callback is not None)
+    return {layer.name: metric(layer, stats[layer.name] if stats else None) for layer in layers}, stats
+
+
+class ChannelScoring(pl.Callback):
+    """Scores every prunable channel when fitting starts (before the first training step) and saves the scores
+    and statistics to ``save_dir/channel_scores.pt`` (format: ``pruning.storage``). The result stays available as
+    ``self.scores`` / ``self.statistics`` for the callbacks that select and prune."""
+
+    def __init__(self, metric: ChannelScorer, stats: dict | None = None, save_dir: str | None = None) -> None:
+        self.metric = metric
+        self.settings = StatisticsSettings(**(stats or {}))
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.scores: dict[str, torch.Tensor] | None = None
+        self.statistics: dict[str, LayerStatistics] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.scores, self.statistics = score_channels(trainer, pl_module, self.metric, self.settings)
+        if self.save_dir is not None and trainer.is_global_zero:
+            path = save_channel_scores(self.save_dir / "channel_scores.pt", self.metric.name, self.scores,
+                                       self.statistics, asdict(self.settings), trainer.datamodule.num_classes)
+            log.info("channel scores (%s) saved to %s", self.metric.name, path)

@@ -1,0 +1,130 @@
+"""Channel importance criteria: one class each, one float64 score per output channel of a layer (higher means
+more important). Data-driven scorers read the layer's ``LayerStatistics``; weight-only scorers ignore them."""
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+from pruning.information import entropy, mutual_information, weighted_mutual_information
+from pruning.layers import PrunableLayer
+from pruning.stats import LayerStatistics
+
+
+class ChannelScorer:
+    """Base of every criterion: ``scorer(layer, stats) -> Tensor[C]``. ``needs_statistics`` says whether the
+    feature-map statistics must be collected first."""
+
+    name = "base"
+    needs_statistics = False
+
+    def __call__(self, layer: PrunableLayer, stats: LayerStatistics | None = None) -> torch.Tensor:
+        if self.needs_statistics and stats is None:
+            raise ValueError(f"metric {self.name!r} needs feature-map statistics for layer {layer.name!r}")
+        scores = self.score(layer, stats).double().cpu()
+        if scores.shape != (layer.num_channels,) or not torch.isfinite(scores).all():
+            raise FloatingPointError(f"metric {self.name!r} gave invalid scores for layer {layer.name!r}")
+        return scores
+
+    def score(self, layer: PrunableLayer, stats: LayerStatistics | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def input_l1(layer: PrunableLayer) -> torch.Tensor:
+    """``sum |W[c]|`` over the channel's own filter (Li et al. 2017)."""
+    return layer.conv.weight.detach().abs().sum(dim=(1, 2, 3))
+
+
+def output_l1(layer: PrunableLayer) -> torch.Tensor:
+    """``sum |W'[:, c]|`` over every weight that reads channel ``c`` in the consuming layers: the next conv's input
+    slice, every input feature a flatten maps the channel to in a linear layer, and, for a channel read by several
+    layers (residual additions, branches), the sum over all of them."""
+    total = torch.zeros(layer.num_channels, dtype=torch.float64)
+    for consumer in layer.consumers:
+        weight = consumer.module.weight.detach().abs()
+        per_input = weight.sum(dim=[d for d in range(weight.dim()) if d != 1]).double().cpu()
+        total.index_add_(0, consumer.root_idxs, per_input[consumer.idxs])
+    return total
+
+
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    """``x / max(x)`` (all zeros stay zeros)."""
+    peak = x.max()
+    return x / peak if peak > 0 else torch.zeros_like(x)
+
+
+class Entropy(ChannelScorer):
+    """Luo & Wu 2017: entropy ``H(F_c) = -sum_b p_b log p_b`` of the channel's pooled-activation histogram."""
+
+    name, needs_statistics = "entropy", True
+
+    def score(self, layer, stats):
+        return entropy(stats.counts.sum(-1))
+
+
+class MutualInformation(ChannelScorer):
+    """``I(F_c; Y) = H(F_c) - H(F_c | Y)`` between the channel's discretised pooled activation and the label."""
+
+    name, needs_statistics = "mi", True
+
+    def score(self, layer, stats):
+        return mutual_information(stats.counts)
+
+
+class WeightedMutualInformation(ChannelScorer):
+    """Weighted MI. The paper's formula is not public; two documented interpretations:
+
+    * ``l1_out``: ``MI_c / max_layer(MI) * L1out_c / max_layer(L1out)``: information content times how strongly
+      the next layer uses the channel, each normalised within the layer.
+    * ``activation``: Guiasu-weighted ``sum_{b,y} w_{c,b} p(b,y) log(p(b,y) / (p(b) p(y)))`` with bin weight
+      ``w_{c,b}`` = mean ``|a|`` of the values in bin ``b`` over the layer's mean ``|a|``, so information carried
+      only by near-zero activations counts less.
+    """
+
+    VARIANTS = ("l1_out", "activation")
+    needs_statistics = True
+
+    def __init__(self, variant: str = "l1_out") -> None:
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown weighted-MI variant {variant!r}; choose one of {self.VARIANTS}")
+        self.variant = variant
+        self.name = f"wmi_{variant}"
+
+    def score(self, layer, stats):
+        if self.variant == "l1_out":
+            return normalized(mutual_information(stats.counts)) * normalized(output_l1(layer))
+        layer_mean_abs = stats.abs_sum.sum() / max(stats.num_images * layer.num_channels, 1)
+        weights = stats.bin_mean_abs() / layer_mean_abs if layer_mean_abs > 0 else torch.zeros_like(stats.abs_sum)
+        return weighted_mutual_information(stats.counts, weights)
+
+
+class InputL1(ChannelScorer):
+    """L1 norm of the channel's own filter (Li et al. 2017)."""
+
+    name = "l1_in"
+
+    def score(self, layer, stats):
+        return input_l1(layer)
+
+
+class OutputL1(ChannelScorer):
+    """L1 norm of the weights that consume the channel in the next layer(s) (see ``output_l1``)."""
+
+    name = "l1_out"
+
+    def score(self, layer, stats):
+        return output_l1(layer)
+
+
+class RandomScore(ChannelScorer):
+    """Uniform random scores, seeded by ``seed`` and the layer name (identical on every process): the sanity
+    baseline every criterion must beat."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def score(self, layer, stats):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(layer.name.encode()))
+        return torch.rand(layer.num_channels, generator=generator, dtype=torch.float64)

@@ -1,0 +1,184 @@
+"""Streaming joint histograms of globally average-pooled feature maps and labels.
+
+For every prunable layer and image, each channel's feature map (at the layer's tap point) is averaged over space
+to one value ``a[c] = mean_{h,w} F[c, h, w]``. Over a calibration set these values are discretised into ``bins``
+bins per channel and counted jointly with the label: ``counts[c, bin, class]``. Memory is independent of the
+number of images: pass 1 finds each channel's ``[min, max]``; for equal-frequency bins pass 2 fills a fine
+equal-width histogram (``fine_bins`` per channel) whose cumulative counts place the edges; the last pass counts.
+Every range and count is reduced over processes (min, max, sum), so ranks that see disjoint shards of the
+calibration set produce the same statistics as one process that sees all of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from pruning.distributed import all_reduce, rank_and_world_size
+from pruning.layers import PrunableLayer
+
+BINNINGS = ("width", "frequency")
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class LayerStatistics:
+    """Statistics of one layer: ``edges`` (C x bins+1, float64; bin j is ``[e_j, e_{j+1})``, the last bin closed),
+    ``counts`` (C x bins x classes, int64), ``abs_sum`` (C x bins, float64: sum of ``|a|`` of the values in each bin),
+    and the tap point actually read."""
+
+    tap: str
+    edges: torch.Tensor
+    counts: torch.Tensor
+    abs_sum: torch.Tensor
+
+    @property
+    def num_images(self) -> int:
+        return int(self.counts[0].sum())
+
+    def bin_mean_abs(self) -> torch.Tensor:
+        """Mean ``|a|`` of the values in each ``(channel, bin)``; 0 for an empty bin."""
+        n = self.counts.sum(-1).double()
+        return torch.where(n > 0, self.abs_sum / n.clamp_min(1), 0.0)
+
+
+def equal_width_edges(lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    """``lo + (hi - lo) * j / bins`` for ``j = 0..bins``, per channel (C x bins+1)."""
+    steps = torch.arange(bins + 1, dtype=torch.float64, device=lo.device) / bins
+    return lo.double()[:, None] + (hi - lo).double()[:, None] * steps
+
+
+def equal_frequency_edges(fine_counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    """Edges that split each channel's values into ``bins`` groups of (nearly) equal size, placed at the fine-bin
+    boundaries where the cumulative count first reaches ``j / bins`` of the total."""
+    fine = fine_counts.shape[1]
+    fine_edges = equal_width_edges(lo, hi, fine)
+    cumulative = fine_counts.double().cumsum(1)
+    targets = cumulative[:, -1:] * torch.arange(1, bins, dtype=torch.float64, device=lo.device) / bins
+    inner = torch.searchsorted(cumulative.contiguous(), targets.contiguous()).clamp_max(fine - 1) + 1
+    edges = torch.cat([fine_edges[:, :1], fine_edges.gather(1, inner), fine_edges[:, -1:]], dim=1)
+    return torch.cummax(edges, dim=1).values
+
+
+def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each value (N x C) given per-channel edges (C x bins+1): ``#{inner edges <= value}``."""
+    inner = edges[:, 1:-1].contiguous()
+    return torch.searchsorted(inner, values.double().T.contiguous(), right=True).T
+
+
+class _PooledFeatureTap:
+    """Forward hooks that hand each layer's pooled feature map (N x C) and the batch labels to a pass function."""
+
+    def __init__(self, layers: list[PrunableLayer], tap: str) -> None:
+        self.taps = {layer.name: layer.tap(tap) for layer in layers}
+        self.labels: torch.Tensor | None = None
+        self.visit: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, (_, module) in self.taps.items()]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            pooled = output.float().mean(dim=(2, 3))
+            if not torch.isfinite(pooled).all():
+                raise FloatingPointError(f"NaN or Inf in the feature maps of layer {name!r}")
+            self.visit(name, pooled, self.labels)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def collect_statistics(
+    model: nn.Module,
+    layers: list[PrunableLayer],
+    batches: Batches,
+    num_classes: int,
+    bins: int = 32,
+    binning: str = "width",
+    tap: str = "act",
+    fine_bins: int = 2048,
+    progress: bool = True,
+) -> dict[str, LayerStatistics]:
+    """Joint histograms ``counts[c, bin, class]`` of every layer in ``layers`` over the images of ``batches()``
+    (called once per pass; each call yields ``(normalised images, labels)`` on the model's device).
+
+    Args:
+        bins: bins per channel. binning: ``width`` (equal width over the channel's [min, max]) or ``frequency``.
+        tap: ``conv``, ``bn`` or ``act`` (see ``PrunableLayer.tap``). fine_bins: resolution of equal-frequency edges.
+    """
+    if binning not in BINNINGS:
+        raise ValueError(f"unknown binning {binning!r}; choose one of {BINNINGS}")
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    device = next(model.parameters()).device
+    hooks = _PooledFeatureTap(layers, tap)
+    sizes = {layer.name: layer.num_channels for layer in layers}
+    show = progress and rank_and_world_size()[0] == 0
+
+    def run(visit, desc: str) -> None:
+        hooks.visit = visit
+        for images, labels in tqdm(batches(), desc=desc, unit="batch", disable=not show, leave=False):
+            hooks.labels = labels
+            model(images)
+
+    try:
+        lo = {n: torch.full((c,), float("inf"), device=device) for n, c in sizes.items()}
+        hi = {n: torch.full((c,), float("-inf"), device=device) for n, c in sizes.items()}
+
+        def observe_range(name, pooled, labels):
+            torch.minimum(lo[name], pooled.amin(0), out=lo[name])
+            torch.maximum(hi[name], pooled.amax(0), out=hi[name])
+
+        passes = 3 if binning == "frequency" else 2
+        run(observe_range, f"statistics 1/{passes}: ranges")
+        for name in sizes:
+            all_reduce(lo[name], "min"), all_reduce(hi[name], "max")
+            if not torch.isfinite(lo[name]).all():
+                raise ValueError("the calibration set is empty: no image reached the statistics collector")
+
+        if binning == "width":
+            edges = {n: equal_width_edges(lo[n], hi[n], bins) for n in sizes}
+        else:
+            fine = {n: torch.zeros(c * fine_bins, dtype=torch.int64, device=device) for n, c in sizes.items()}
+
+            def observe_fine(name, pooled, labels):
+                idx = bin_index(pooled, fine_edges[name]) + torch.arange(pooled.shape[1], device=device) * fine_bins
+                fine[name] += torch.bincount(idx.flatten(), minlength=fine[name].numel())
+
+            fine_edges = {n: equal_width_edges(lo[n], hi[n], fine_bins) for n in sizes}
+            run(observe_fine, f"statistics 2/{passes}: quantiles")
+            edges = {n: equal_frequency_edges(all_reduce(fine[n], "sum").view(c, fine_bins), lo[n], hi[n], bins)
+                     for n, c in sizes.items()}
+
+        counts = {n: torch.zeros(c * bins * num_classes, dtype=torch.int64, device=device) for n, c in sizes.items()}
+        abs_sum = {n: torch.zeros(c * bins, dtype=torch.float64, device=device) for n, c in sizes.items()}
+
+        def observe_counts(name, pooled, labels):
+            channel = torch.arange(pooled.shape[1], device=device)
+            cell = bin_index(pooled, edges[name]) + channel * bins
+            counts[name] += torch.bincount((cell * num_classes + labels[:, None]).flatten(),
+                                           minlength=counts[name].numel())
+            abs_sum[name].index_add_(0, cell.flatten(), pooled.double().abs().flatten())
+
+        run(observe_counts, f"statistics {passes}/{passes}: counts")
+    finally:
+        hooks.remove()
+        for module, training in modes.items():
+            module.training = training
+
+    return {
+        n: LayerStatistics(
+            tap=hooks.taps[n][0],
+            edges=edges[n].cpu(),
+            counts=all_reduce(counts[n], "sum").view(c, bins, num_classes).cpu(),
+            abs_sum=all_reduce(abs_sum[n], "sum").view(c, bins).cpu(),
+        )
+        for n, c in sizes.items()
+    }

@@ -1,0 +1,47 @@
+"""The channel-statistics file: what was measured and scored, loadable without the framework (``torch.load``).
+
+Format ``infoprune.channel-scores/1``, a dict:
+  ``format``, ``metric``, ``settings`` (tap, bins, binning, num_images, ...), ``num_classes``, ``num_images``,
+  ``layers``: ``{layer name: {"tap", "scores" (C, float64), and for data-driven metrics "edges" (C x bins+1,
+  float64), "counts" (C x bins x classes, int64), "abs_sum" (C x bins, float64)}}``.
+Logarithms are natural (nats). See docs/statistics.md for how to recompute a criterion from the counts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pruning.stats import LayerStatistics
+
+FORMAT = "infoprune.channel-scores/1"
+
+
+def save_channel_scores(path: str | os.PathLike, metric: str, scores: dict[str, torch.Tensor],
+                        stats: dict[str, LayerStatistics] | None, settings: dict, num_classes: int) -> Path:
+    """Write scores and statistics to ``path`` atomically (a temporary file renamed into place)."""
+    layers = {}
+    for name, layer_scores in scores.items():
+        entry = {"scores": layer_scores}
+        if stats is not None:
+            s = stats[name]
+            entry.update(tap=s.tap, edges=s.edges, counts=s.counts, abs_sum=s.abs_sum)
+        layers[name] = entry
+    num_images = next(iter(stats.values())).num_images if stats else 0
+    payload = {"format": FORMAT, "metric": metric, "settings": dict(settings), "num_classes": num_classes,
+               "num_images": num_images, "layers": layers}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_channel_scores(path: str | os.PathLike) -> dict:
+    """Read a file written by ``save_channel_scores`` (checks the format tag)."""
+    payload = torch.load(path, weights_only=False)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file")
+    return payload
