@@ -2,6 +2,7 @@
 channels, found with Torch-Pruning's dependency graph."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +48,17 @@ class PrunableLayer:
         raise AssertionError("every layer has its conv tap")
 
 
+@contextmanager
+def preserved_modes(model: nn.Module):
+    """Restore every submodule's train/eval flag on exit, whatever the body (or a library it calls) set."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def _following_taps(model: nn.Module, conv_name: str) -> dict[str, nn.Module]:
     """The BatchNorm and ReLU that directly follow ``conv_name`` in module order (before the next conv/linear)."""
     names = [(n, m) for n, m in model.named_modules() if not list(m.children())]
@@ -75,7 +87,8 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     ResNet stage, tied by additions) or when it is a grouped/depthwise convolution. Consumers are the in-channel
     (or in-feature) pruning operations of its dependency group, with Torch-Pruning's index mapping.
     """
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    with preserved_modes(model):
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or module.groups != 1:

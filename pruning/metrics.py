@@ -41,8 +41,8 @@ def output_l1(layer: PrunableLayer) -> torch.Tensor:
     layers (residual additions, branches), the sum over all of them."""
     total = torch.zeros(layer.num_channels, dtype=torch.float64)
     for consumer in layer.consumers:
-        weight = consumer.module.weight.detach().abs()
-        per_input = weight.sum(dim=[d for d in range(weight.dim()) if d != 1]).double().cpu()
+        weight = consumer.module.weight.detach().double().abs()
+        per_input = weight.sum(dim=[d for d in range(weight.dim()) if d != 1]).cpu()
         total.index_add_(0, consumer.root_idxs, per_input[consumer.idxs])
     return total
 

@@ -10,6 +10,7 @@ calibration set produce the same statistics as one process that sees all of it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pruning.distributed import all_reduce, rank_and_world_size
-from pruning.layers import PrunableLayer
+from pruning.layers import PrunableLayer, preserved_modes
 
 BINNINGS = ("width", "frequency")
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -92,6 +93,14 @@ class _PooledFeatureTap:
             handle.remove()
 
 
+@contextmanager
+def _removing(hooks: _PooledFeatureTap):
+    try:
+        yield hooks
+    finally:
+        hooks.remove()
+
+
 @torch.no_grad()
 def collect_statistics(
     model: nn.Module,
@@ -115,8 +124,6 @@ def collect_statistics(
         raise ValueError(f"unknown binning {binning!r}; choose one of {BINNINGS}")
     if bins < 2:
         raise ValueError(f"bins must be at least 2, got {bins}")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     device = next(model.parameters()).device
     hooks = _PooledFeatureTap(layers, tap)
     sizes = {layer.name: layer.num_channels for layer in layers}
@@ -128,7 +135,8 @@ def collect_statistics(
             hooks.labels = labels
             model(images)
 
-    try:
+    with preserved_modes(model), _removing(hooks):
+        model.eval()
         lo = {n: torch.full((c,), float("inf"), device=device) for n, c in sizes.items()}
         hi = {n: torch.full((c,), float("-inf"), device=device) for n, c in sizes.items()}
 
@@ -168,10 +176,6 @@ def collect_statistics(
             abs_sum[name].index_add_(0, cell.flatten(), pooled.double().abs().flatten())
 
         run(observe_counts, f"statistics {passes}/{passes}: counts")
-    finally:
-        hooks.remove()
-        for module, training in modes.items():
-            module.training = training
 
     return {
         n: LayerStatistics(
