@@ -70,6 +70,15 @@ def bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(inner, values.double().T.contiguous(), right=True).T
 
 
+def uniform_bin_index(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin of each value (N x C) among ``bins`` equal-width bins over ``[lo, hi]`` per channel:
+    ``min(floor((v - lo) / (hi - lo) * bins), bins - 1)`` (bin 0 for a constant channel). Agrees with
+    ``bin_index(values, equal_width_edges(lo, hi, bins))`` up to rounding of values that fall exactly on an edge."""
+    width = (hi - lo).double()
+    scale = torch.where(width > 0, bins / torch.where(width > 0, width, 1.0), 0.0)
+    return ((values.double() - lo.double()) * scale).floor_().long().clamp_(0, bins - 1)
+
+
 class _PooledFeatureTap:
     """Forward hooks that hand each layer's pooled feature map (N x C) and the batch labels to a pass function."""
 
@@ -153,24 +162,26 @@ def collect_statistics(
 
         if binning == "width":
             edges = {n: equal_width_edges(lo[n], hi[n], bins) for n in sizes}
+            locate = {n: (lambda v, n=n: uniform_bin_index(v, lo[n], hi[n], bins)) for n in sizes}
         else:
             fine = {n: torch.zeros(c * fine_bins, dtype=torch.int64, device=device) for n, c in sizes.items()}
 
             def observe_fine(name, pooled, labels):
-                idx = bin_index(pooled, fine_edges[name]) + torch.arange(pooled.shape[1], device=device) * fine_bins
+                idx = uniform_bin_index(pooled, lo[name], hi[name], fine_bins) + torch.arange(
+                    pooled.shape[1], device=device) * fine_bins
                 fine[name] += torch.bincount(idx.flatten(), minlength=fine[name].numel())
 
-            fine_edges = {n: equal_width_edges(lo[n], hi[n], fine_bins) for n in sizes}
             run(observe_fine, f"statistics 2/{passes}: quantiles")
             edges = {n: equal_frequency_edges(all_reduce(fine[n], "sum").view(c, fine_bins), lo[n], hi[n], bins)
                      for n, c in sizes.items()}
+            locate = {n: (lambda v, n=n: bin_index(v, edges[n])) for n in sizes}
 
         counts = {n: torch.zeros(c * bins * num_classes, dtype=torch.int64, device=device) for n, c in sizes.items()}
         abs_sum = {n: torch.zeros(c * bins, dtype=torch.float64, device=device) for n, c in sizes.items()}
 
         def observe_counts(name, pooled, labels):
             channel = torch.arange(pooled.shape[1], device=device)
-            cell = bin_index(pooled, edges[name]) + channel * bins
+            cell = locate[name](pooled) + channel * bins
             counts[name] += torch.bincount((cell * num_classes + labels[:, None]).flatten(),
                                            minlength=counts[name].numel())
             abs_sum[name].index_add_(0, cell.flatten(), pooled.double().abs().flatten())

@@ -1,0 +1,52 @@
+"""Shared helpers of the benchmark scripts: timing, data choice, the closing JSON line."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from datamodules import CIFAR10JPEGDataModule, InMemoryImageDataModule
+
+
+def timed(fn, repeats: int = 1) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class SyntheticCIFAR(InMemoryImageDataModule):
+    """CIFAR-shaped random uint8 images (used when the real CIFAR-10-JPEG is not under DATA_DIR)."""
+
+    name, num_classes = "synthetic CIFAR-10", 10
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def check_files(self) -> None:
+        """Nothing to read."""
+
+    def load(self, train: bool):
+        g = torch.Generator().manual_seed(int(train))
+        n = 50000 if train else 10000
+        return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,))
+
+
+def cifar_datamodule(batch_size: int) -> InMemoryImageDataModule:
+    """CIFAR-10-JPEG from ``$DATA_DIR`` when present, else synthetic images of the same shape."""
+    data_dir = os.environ.get("DATA_DIR")
+    if data_dir and (Path(data_dir) / "cifar10-jpeg.tar.gz").exists():
+        dm = CIFAR10JPEGDataModule(data_dir=data_dir, batch_size=batch_size)
+    else:
+        dm = SyntheticCIFAR(batch_size=batch_size)
+    dm.setup()
+    return dm
+
+
+def print_json(figures: dict) -> None:
+    """The benchmark's last line: one JSON object with its figures."""
+    print(json.dumps(figures, sort_keys=True))
