@@ -169,6 +169,9 @@ def test_scores_file_round_trip(small_setup, tmp_path):
     torch.testing.assert_close(first["scores"], scores[layers[0].name])
     from pruning.information import mutual_information
     torch.testing.assert_close(mutual_information(first["counts"]), first["scores"])  # recomputable from counts
+    from sklearn.metrics import mutual_info_score  # the recipe docs/statistics.md gives
+    assert mutual_info_score(None, None, contingency=first["counts"][1].numpy()) == pytest.approx(
+        first["scores"][1].item(), abs=1e-9)
 
 
 # --- DDP: two gloo processes on disjoint, uneven shards give exactly the single-process statistics -------------
