@@ -1,0 +1,80 @@
+"""Exact parameter and FLOP accounting of channel removal, without rebuilding the network.
+
+A convolution or linear layer ``M`` costs ``out(M) * in(M) * k(M)`` weights (``k`` = kernel positions) plus its
+bias and the affine parameters of its BatchNorm per output channel, and ``2 * out(M) * in(M) * k(M) * S(M)`` FLOPs
+(``S`` = output positions), as ``torch.utils.flop_counter`` counts them. Removing output channel ``c`` of a prunable
+layer removes its filter over the inputs still kept, its bias and BN entries, and, in every consumer, the weights
+that read ``c`` over the consumer's outputs still kept; each weight is counted once, when the first of its two ends
+goes."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+from models.classifier import count_flops, count_parameters
+from pruning.layers import PrunableLayer, preserved_modes
+
+
+def _output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
+    """Output spatial positions (H x W, 1 for linear layers) of every conv and linear layer for one input."""
+    positions: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: positions.__setitem__(m, o[0, 0].numel() if o.dim() == 4 else 1))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad(), preserved_modes(model):
+        model.eval()(example_input[:1])
+    for hook in hooks:
+        hook.remove()
+    return positions
+
+
+class PruningCost:
+    """Parameters and FLOPs of ``model`` as channels of ``layers`` are removed one by one (``remove``)."""
+
+    def __init__(self, model: nn.Module, layers: list[PrunableLayer], example_input: torch.Tensor) -> None:
+        self.dense_params = self.params = count_parameters(model)
+        self.dense_flops = self.flops = count_flops(model, example_input[:1])
+        self.layers = {layer.name: layer for layer in layers}
+        self.positions = _output_positions(model, example_input)
+        self.out_kept = {m: m.weight.shape[0] for m in self.positions}
+        self.in_kept = {m: m.weight.shape[1] for m in self.positions}
+        self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
+                      for layer in layers}
+        self.removed: set[tuple[str, int]] = set()
+
+    @staticmethod
+    def _kernel(module: nn.Module) -> int:
+        return module.weight[0, 0].numel()
+
+    def removal_cost(self, name: str, channel: int) -> tuple[int, int]:
+        """(parameters, FLOPs) that removing ``channel`` of layer ``name`` would save now."""
+        layer = self.layers[name]
+        conv = layer.conv
+        per_out = self.in_kept[conv] * self._kernel(conv)
+        params = per_out + (conv.bias is not None) + 2 * ("bn" in layer.taps)
+        flops = 2 * per_out * self.positions[conv]
+        for module, counter in self.reads[name]:
+            inputs = counter[channel] * self.out_kept[module] * self._kernel(module)
+            params += inputs
+            flops += 2 * inputs * self.positions[module]
+        return params, flops
+
+    def remove(self, name: str, channel: int) -> None:
+        """Account for the removal of ``channel`` of layer ``name``."""
+        if (name, channel) in self.removed:
+            raise ValueError(f"channel {channel} of {name!r} is already removed")
+        params, flops = self.removal_cost(name, channel)
+        self.params, self.flops = self.params - params, self.flops - flops
+        self.out_kept[self.layers[name].conv] -= 1
+        for module, counter in self.reads[name]:
+            self.in_kept[module] -= counter[channel]
+        self.removed.add((name, channel))
+
+    def remaining(self, resource: str) -> float:
+        """Fraction of the dense ``params`` or ``flops`` still left."""
+        if resource == "params":
+            return self.params / self.dense_params
+        if resource == "flops":
+            return self.flops / self.dense_flops
+        raise ValueError(f"unknown resource {resource!r}; choose params or flops")

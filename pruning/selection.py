@@ -1,0 +1,126 @@
+"""Which channels to keep: layer-wise (a fraction of every layer) or global (one ranking across layers until a
+parameter or FLOP budget is met). Inputs are scores (one per channel, higher = more important); outputs map each
+layer name to the sorted indices of the channels it keeps."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+import torch
+
+from pruning.cost import PruningCost
+from pruning.layers import PrunableLayer
+
+Keep = dict[str, torch.Tensor]
+LAYERWISE_MODES = ("channels", "params")
+NORMALIZATIONS = ("none", "max", "sum")
+
+
+def check_amount(amount: float, what: str = "pruning amount") -> float:
+    """``amount`` as a float in [0, 1), or a ``ValueError`` that names it."""
+    if not 0.0 <= float(amount) < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {amount}")
+    return float(amount)
+
+
+def check_layer_names(names: Iterable[str], layers: Iterable[PrunableLayer], what: str) -> None:
+    """Every name in ``names`` is a prunable layer, or a ``KeyError`` listing the valid names."""
+    valid = [layer.name for layer in layers]
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise KeyError(f"{what} names unknown layer(s) {unknown}; prunable layers are {valid}")
+
+
+def round_up_to_multiple(n: int, multiple: int, limit: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (at most ``limit``)."""
+    return min(limit, math.ceil(n / multiple) * multiple) if multiple > 1 else n
+
+
+def keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted indices of the ``n`` highest scores (ties: the lower index is kept)."""
+    order = torch.sort(-scores.double(), stable=True).indices
+    return order[:n].sort().values
+
+
+def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, round_to: int) -> int:
+    """Channels a layer keeps when pruned by ``amount``.
+
+    ``channels``: ``C - round(amount * C)``. ``params``: ``round(sqrt(1 - amount) * C)``; a conv layer whose input
+    is pruned alike then keeps ``1 - amount`` of its parameters (input and output widths both scale by
+    ``sqrt(1 - amount)``), which is how "remove 70% of the parameters of every conv layer" is read here.
+    """
+    if mode == "channels":
+        n = num_channels - round(amount * num_channels)
+    elif mode == "params":
+        n = round(math.sqrt(1.0 - amount) * num_channels)
+    else:
+        raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
+    return round_up_to_multiple(max(min_channels, n), round_to, num_channels)
+
+
+def select_layerwise(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], amount: float,
+                     mode: str = "params", min_channels: int = 1, round_to: int = 1,
+                     overrides: Mapping[str, float] | None = None, exclude: Iterable[str] = ()) -> Keep:
+    """Prune every layer by ``amount`` (per-layer ``overrides``; ``exclude``d layers keep everything), removing the
+    lowest-scored channels."""
+    overrides, exclude = dict(overrides or {}), list(exclude)
+    check_amount(amount)
+    for name, value in overrides.items():
+        check_amount(value, f"override for {name!r}")
+    check_layer_names(list(overrides) + exclude, layers, "pruning config")
+    if min_channels < 1:
+        raise ValueError(f"min_channels must be at least 1 (a layer is never emptied), got {min_channels}")
+    keep = {}
+    for layer in layers:
+        if layer.name in exclude:
+            keep[layer.name] = torch.arange(layer.num_channels)
+            continue
+        n = keep_count(layer.num_channels, overrides.get(layer.name, amount), mode, min_channels, round_to)
+        keep[layer.name] = keep_top(scores[layer.name], n)
+    return keep
+
+
+def normalize_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
+    """Scores made comparable across layers: ``none`` (as they are: MI and entropy are bounded by log K and
+    log bins), ``max`` (divided by the layer's maximum), ``sum`` (divided by the layer's sum)."""
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {how!r}; choose one of {NORMALIZATIONS}")
+    if how == "none":
+        return scores
+    denominator = scores.abs().max() if how == "max" else scores.abs().sum()
+    return scores / denominator if denominator > 0 else scores
+
+
+def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], cost: PruningCost,
+                  target: float, resource: str = "params", normalization: str = "max", min_channels: int = 1,
+                  exclude: Iterable[str] = ()) -> Keep:
+    """One ranking across layers: remove the globally lowest (normalised) scores first until at most ``target``
+    of the dense ``resource`` (params or flops) remains, never going below ``min_channels`` in a layer. Raises
+    before pruning when the target is out of reach."""
+    exclude = list(exclude)
+    if not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"target (fraction of {resource} remaining) must be in (0, 1], got {target}")
+    check_layer_names(exclude, layers, "pruning config")
+    if min_channels < 1:
+        raise ValueError(f"min_channels must be at least 1 (a layer is never emptied), got {min_channels}")
+    candidates = []
+    for layer in layers:
+        if layer.name in exclude:
+            continue
+        normalized = normalize_scores(scores[layer.name].double(), normalization)
+        candidates += [(normalized[c].item(), layer.name, c) for c in range(layer.num_channels)]
+    candidates.sort()
+    kept = {layer.name: layer.num_channels for layer in layers}
+    removed: dict[str, set[int]] = {layer.name: set() for layer in layers}
+    for _, name, channel in candidates:
+        if cost.remaining(resource) <= target:
+            break
+        if kept[name] > min_channels:
+            cost.remove(name, channel)
+            kept[name] -= 1
+            removed[name].add(channel)
+    if cost.remaining(resource) > target:
+        raise ValueError(f"target {target} of {resource} is out of reach: with {min_channels} channel(s) left in "
+                         f"every prunable layer, {cost.remaining(resource):.4f} remains")
+    return {layer.name: torch.tensor(sorted(set(range(layer.num_channels)) - removed[layer.name]), dtype=torch.long)
+            for layer in layers}

@@ -1,0 +1,229 @@
+"""Selection, masks, slimming, checkpoints and export: masked == slimmed on every network, the layer-wise and global
+budgets, bad input, masks through fine-tuning, slimmed checkpoints through train.py (also DDP), export."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from callbacks.masking import ChannelMasking, export_network, save_weights_checkpoint, slim_classifier
+from infoprune.training import train
+from models import AlexNet, CifarResNet, LeNet5, SimpleNet, VGG16BN
+from models.classifier import ImageClassifier, count_flops, count_parameters
+from pruning.cost import PruningCost
+from pruning.layers import find_prunable_layers
+from pruning.masks import apply_channel_masks, masked_channels_are_zero
+from pruning.metrics import InputL1, RandomScore
+from pruning.selection import keep_count, select_global, select_layerwise
+from pruning.slim import slim
+from tests.conftest import FAST, ROOT
+
+NETWORKS = {"lenet5": (lambda: LeNet5(), (1, 28)), "simplenet": (lambda: SimpleNet(width=0.25), (3, 32)),
+            "alexnet": (lambda: AlexNet(num_classes=10, width=0.25), (3, 224)),
+            "vgg16_bn": (lambda: VGG16BN(width=0.25), (3, 32)), "resnet56": (lambda: CifarResNet(), (3, 32)),
+            "resnet56_b": (lambda: CifarResNet(shortcut="B"), (3, 32))}
+
+
+def randomized(net: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and biases, so a wrong slimming shows in the outputs."""
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.bias, -0.5, 0.5), nn.init.uniform_(m.weight, 0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_slimmed_network_equals_masked_network(network):
+    build, (channels, size) = NETWORKS[network]
+    net = randomized(build())
+    x = torch.randn(4, channels, size, size)
+    layers = find_prunable_layers(net, x)
+    keep = select_layerwise({l.name: RandomScore(1)(l) for l in layers}, layers, 0.6, mode="channels")
+    apply_channel_masks(layers, keep)
+    assert masked_channels_are_zero(layers, keep)
+    with torch.no_grad():
+        masked = net(x)
+        widths = slim(net, layers, keep, x)
+        slimmed = net(x)
+    assert widths == [len(keep[l.name]) for l in layers]
+    assert (slimmed - masked).abs().max().item() <= 1e-4
+
+
+def conv_params(net: nn.Module) -> list[int]:
+    return [m.weight.numel() for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_layerwise_70_percent_of_parameters_removes_70_percent_of_every_conv_layer():
+    net = SimpleNet(width=0.5)
+    x = torch.zeros(1, 3, 32, 32)
+    before = conv_params(net)
+    layers = find_prunable_layers(net, x)
+    keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.7, mode="params")
+    slim(net, layers, keep, x)
+    after, k = conv_params(net), math.sqrt(0.3)
+    widths = [(l.conv.in_channels, l.conv.out_channels) for l in layers]
+    originals = SimpleNet(width=0.5).widths
+    for i, (b, a) in enumerate(zip(before, after)):
+        c_out = originals[i]
+        assert abs(widths[i][1] - k * c_out) <= 0.5  # kept channels: sqrt(0.3) of the layer, rounded
+        if i == 0:  # the image input is not pruned: only the output side shrinks
+            assert abs(a / b - k) <= 1 / c_out
+        else:  # input and output both shrink: 30% of the parameters remain, within one channel either side
+            c_in = originals[i - 1]
+            assert abs(a / b - 0.3) <= k / c_out + k / c_in + 1 / (c_out * c_in), (i, a / b)
+
+
+def test_channel_mode_and_rounding():
+    assert keep_count(64, 0.5, "channels", 1, 1) == 32
+    assert keep_count(64, 0.7, "params", 1, 1) == round(math.sqrt(0.3) * 64) == 35
+    assert keep_count(64, 0.7, "params", 1, 8) == 40
+    assert keep_count(10, 0.99, "channels", 3, 1) == 3
+    assert keep_count(6, 0.5, "channels", 1, 8) == 6
+
+
+@pytest.mark.parametrize("resource,target", [("params", 0.4), ("flops", 0.5)])
+def test_global_pruning_reaches_its_target_within_one_channel(resource, target):
+    net = randomized(SimpleNet(width=0.25))
+    x = torch.zeros(1, 3, 32, 32)
+    layers = find_prunable_layers(net, x)
+    scores = {l.name: RandomScore(2)(l) for l in layers}
+    cost = PruningCost(net, layers, x)
+    dense = cost.dense_params if resource == "params" else cost.dense_flops
+    largest = max(cost.removal_cost(l.name, 0)[resource == "flops"] for l in layers)
+    keep = select_global(scores, layers, cost, target, resource=resource)
+    slim(net, layers, keep, x)
+    actual = count_parameters(net) if resource == "params" else count_flops(net, x)
+    assert target - largest / dense <= actual / dense <= target
+    assert all(len(k) >= 1 for k in keep.values())
+
+
+def test_global_ranking_removes_lowest_normalised_scores_first():
+    net = SimpleNet(width=0.125)
+    x = torch.zeros(1, 3, 32, 32)
+    layers = find_prunable_layers(net, x)
+    scores = {l.name: torch.arange(l.num_channels, dtype=torch.float64) + (100.0 if i else 0.0)
+              for i, l in enumerate(layers)}
+    keep = select_global(scores, layers, PruningCost(net, layers, x), 0.99, normalization="none")
+    pruned = {name: l.num_channels - len(keep[name]) for name, l in zip(keep, layers)}
+    assert pruned[layers[0].name] > 0 and sum(pruned.values()) == pruned[layers[0].name]
+    assert keep[layers[0].name][0] > 0  # channel 0 (lowest score) went first
+
+
+def test_bad_pruning_input_is_rejected_before_any_work():
+    net = SimpleNet(width=0.125)
+    x = torch.zeros(1, 3, 32, 32)
+    layers = find_prunable_layers(net, x)
+    scores = {l.name: InputL1()(l) for l in layers}
+    for amount in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            select_layerwise(scores, layers, amount)
+    with pytest.raises(KeyError, match="features.99.conv"):
+        select_layerwise(scores, layers, 0.5, overrides={"features.99.conv": 0.2})
+    with pytest.raises(KeyError, match="prunable layers are"):
+        select_global(scores, layers, PruningCost(net, layers, x), 0.5, exclude=["classifier"])
+    with pytest.raises(ValueError, match="never emptied"):
+        select_layerwise(scores, layers, 0.5, min_channels=0)
+    with pytest.raises(ValueError, match="out of reach"):
+        select_global(scores, layers, PruningCost(net, layers, x), 0.001, min_channels=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        select_layerwise(scores, layers, 0.5, overrides={layers[0].name: 1.0})
+    assert all(l.conv.out_channels == l.num_channels for l in layers)  # nothing was touched
+
+
+def test_overrides_and_exclusions():
+    net = SimpleNet(width=0.25)
+    layers = find_prunable_layers(net, torch.zeros(1, 3, 32, 32))
+    scores = {l.name: InputL1()(l) for l in layers}
+    keep = select_layerwise(scores, layers, 0.5, mode="channels", overrides={layers[1].name: 0.25},
+                            exclude=[layers[2].name])
+    assert len(keep[layers[0].name]) == 8 and len(keep[layers[1].name]) == 24 and len(keep[layers[2].name]) == 32
+
+
+# --- Lightning: masks through fine-tuning, slimmed checkpoints, DDP fine-tune, export ----------------------------
+
+@pytest.fixture
+def trained_digits(make_cfg, tmp_path):
+    cfg = make_cfg(FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu"])
+    metrics = train(cfg)
+    return cfg, metrics, tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(trained_digits, make_cfg, tmp_path):
+    cfg, _, last = trained_digits
+    module = ImageClassifier.load_from_checkpoint(last)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
+    import pytorch_lightning as pl
+    from datamodules import DigitsDataModule
+    dm = DigitsDataModule()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
+    trainer.fit(module, datamodule=dm)
+    assert masked_channels_are_zero(layers, keep)
+    masked_acc = trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]
+    summary = slim_classifier(module, keep)
+    assert summary.params_after < summary.params_before and 0.45 < summary.metrics()["pruning/params_remaining"] < 0.55
+    slim_acc = trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]
+    assert slim_acc == pytest.approx(masked_acc, abs=1e-6)
+    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
+    reloaded = ImageClassifier.load_from_checkpoint(path)
+    assert reloaded.net.widths == module.net.widths
+    assert trainer.test(reloaded, datamodule=dm, verbose=False)[0]["test/acc"] == pytest.approx(slim_acc, abs=1e-6)
+    # train.py on the slimmed checkpoint without giving any width: test only, then a fresh fine-tune
+    tested = train(make_cfg(FAST + [f"init_from={path}", "train=false", "trainer.accelerator=cpu"]))
+    assert tested["test/acc"] == pytest.approx(slim_acc, abs=1e-6)
+    tuned = train(make_cfg(FAST + [f"init_from={path}", "trainer.max_epochs=1", "trainer.accelerator=cpu"]))
+    assert tuned["test/acc"] > 0.5
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["hyper_parameters"]["net"]["channels"] == module.net.widths
+
+
+def test_checkpoint_that_does_not_fit_the_config_fails_before_any_work(trained_digits, make_cfg, tmp_path):
+    _, _, last = trained_digits
+    with pytest.raises(ValueError, match="does not fit the model config"):
+        train(make_cfg(FAST + [f"init_from={last}", "model=lenet5", "model.net.input_size=8", "model.net.padding=2"]))
+    with pytest.raises(ValueError, match="does not fit the model config"):
+        train(make_cfg(FAST + [f"ckpt_path={last}", "model.net.width=0.5"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(make_cfg(FAST + [f"init_from={tmp_path / 'nope.ckpt'}"]))
+
+
+def test_export_torchscript_and_onnx(trained_digits, tmp_path):
+    _, _, last = trained_digits
+    module = ImageClassifier.load_from_checkpoint(last)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5))
+    x = torch.randn(3, 1, 8, 8)
+    expected = module.net.eval()(x)
+    scripted = torch.jit.load(str(export_network(module, tmp_path / "net.pt", "torchscript")))
+    torch.testing.assert_close(scripted(x), expected)
+    import onnx
+    model = onnx.load(str(export_network(module, tmp_path / "net.onnx", "onnx")))
+    onnx.checker.check_model(model)
+    conv_shapes = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 4]
+    assert conv_shapes[0][0] == module.net.widths[0]
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_network(module, tmp_path / "net.x", "tflite")
+
+
+def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tmp_path):
+    _, _, last = trained_digits
+    module = ImageClassifier.load_from_checkpoint(last)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.7))
+    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", "trainer.max_epochs=1", "logger=none",
+           "callbacks.rich_progress_bar=null", f"init_from={path}", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["hyper_parameters"]["net"]["channels"] == module.net.widths
