@@ -1,11 +1,13 @@
 """Is a slimmed network really faster? CPU latency (batch 64, eval mode) of the original SimpleNet, the slimmed one
 (layer-wise, 70% of the parameters of every conv layer removed), and a dense SimpleNet built directly at the slimmed
-widths, measured interleaved in one run; with kept channels as chosen and rounded up to multiples of 8.
+widths, measured interleaved in one run; with kept channels as chosen and rounded up to multiples of 8; in the
+default (contiguous NCHW) and the channels-last memory format (oneDNN's preferred CPU layout).
 
     python benchmarks/slim_latency.py [--width 1.0] [--repeats 7]
 
 Targets (issue 4): slimmed / same-width dense within 1.05; speed-up over the original at least 0.85 of the FLOP
-reduction. Last line: JSON with ``slim_vs_dense`` and ``speedup_over_flop_ratio`` (and ``*_round8``)."""
+reduction. Last line: JSON with ``slim_vs_dense`` and ``speedup_over_flop_ratio`` (channels-last, kept channels as chosen), and
+the same figures for every setting (``*_round8``, ``*_contiguous``)."""
 from __future__ import annotations
 
 import argparse
@@ -59,22 +61,27 @@ def main() -> None:
         nets[f"dense/{round_to}"] = SimpleNet(channels=widths).eval()
         flops[f"slimmed/{round_to}"] = flops[f"dense/{round_to}"] = count_flops(net, x[:1])
         rows[round_to] = widths
-    seconds = latencies(nets, x, args.repeats)
     print(f"SimpleNet width {args.width}, {args.amount:.0%} of every conv layer's parameters removed, batch "
           f"{args.batch_size}, CPU {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'network':16s}{'MFLOPs/img':>12s}{'ms/batch':>10s}{'speed-up':>10s}")
-    for name, s in seconds.items():
-        print(f"{name:16s}{flops[name] / 1e6:>12.1f}{1000 * s:>10.1f}{seconds['original'] / s:>9.2f}x")
+    for round_to in (1, 8):
+        print(f"kept widths, rounded to {round_to}: {rows[round_to]}")
     figures = {}
-    for round_to, suffix in ((1, ""), (8, "_round8")):
-        speedup = seconds["original"] / seconds[f"slimmed/{round_to}"]
-        flop_ratio = flops["original"] / flops[f"slimmed/{round_to}"]
-        figures[f"slim_vs_dense{suffix}"] = round(seconds[f"slimmed/{round_to}"] / seconds[f"dense/{round_to}"], 3)
-        figures[f"speedup{suffix}"] = round(speedup, 3)
-        figures[f"flop_ratio{suffix}"] = round(flop_ratio, 3)
-        figures[f"speedup_over_flop_ratio{suffix}"] = round(speedup / flop_ratio, 3)
-        print(f"round to {round_to}: slimmed/dense {figures[f'slim_vs_dense{suffix}']:.3f}, speed-up {speedup:.2f}x "
-              f"for {flop_ratio:.2f}x fewer FLOPs ({speedup / flop_ratio:.2f} of the FLOP ratio); widths {rows[round_to]}")
+    for memory_format, fmt_suffix in ((torch.channels_last, ""), (torch.contiguous_format, "_contiguous")):
+        fmt_nets = {name: net.to(memory_format=memory_format) for name, net in nets.items()}
+        seconds = latencies(fmt_nets, x.contiguous(memory_format=memory_format), args.repeats)
+        print(f"\n{str(memory_format).replace('torch.', '')}")
+        print(f"{'network':16s}{'MFLOPs/img':>12s}{'ms/batch':>10s}{'speed-up':>10s}")
+        for name, s in seconds.items():
+            print(f"{name:16s}{flops[name] / 1e6:>12.1f}{1000 * s:>10.1f}{seconds['original'] / s:>9.2f}x")
+        for round_to, suffix in ((1, fmt_suffix), (8, f"_round8{fmt_suffix}")):
+            speedup = seconds["original"] / seconds[f"slimmed/{round_to}"]
+            flop_ratio = flops["original"] / flops[f"slimmed/{round_to}"]
+            figures[f"slim_vs_dense{suffix}"] = round(seconds[f"slimmed/{round_to}"] / seconds[f"dense/{round_to}"], 3)
+            figures[f"speedup{suffix}"] = round(speedup, 3)
+            figures[f"flop_ratio{suffix}"] = round(flop_ratio, 3)
+            figures[f"speedup_over_flop_ratio{suffix}"] = round(speedup / flop_ratio, 3)
+            print(f"round to {round_to}: slimmed/dense {figures[f'slim_vs_dense{suffix}']:.3f}, speed-up "
+                  f"{speedup:.2f}x for {flop_ratio:.2f}x fewer FLOPs ({speedup / flop_ratio:.2f} of the FLOP ratio)")
     print_json(figures)
 
 

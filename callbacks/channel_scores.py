@@ -47,18 +47,33 @@ def score_channels(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: C
 
 
 class ChannelScoring(pl.Callback):
-    """Scores every prunable channel when fitting starts (before the first training step) and saves the scores
-    and statistics to ``save_dir/channel_scores.pt`` (format: ``pruning.storage``). The result stays available as
-    ``self.scores`` / ``self.statistics`` for the callbacks that select and prune."""
+    """Scores every prunable channel when fitting starts (``stage="fit"``, before the first training step) or when
+    a ``trainer.validate`` run starts (``stage="validate"``, what ``prune.py`` uses), and saves the scores and
+    statistics to ``save_dir/channel_scores.pt`` (format: ``pruning.storage``). The result stays available as
+    ``self.scores`` / ``self.statistics``."""
 
-    def __init__(self, metric: ChannelScorer, stats: dict | None = None, save_dir: str | None = None) -> None:
-        self.metric = metric
+    STAGES = ("fit", "validate")
+
+    def __init__(self, metric: ChannelScorer, stats: dict | None = None, save_dir: str | None = None,
+                 stage: str = "fit") -> None:
+        if stage not in self.STAGES:
+            raise ValueError(f"unknown stage {stage!r}; choose one of {self.STAGES}")
+        self.metric, self.stage = metric, stage
         self.settings = StatisticsSettings(**(stats or {}))
         self.save_dir = Path(save_dir) if save_dir else None
         self.scores: dict[str, torch.Tensor] | None = None
         self.statistics: dict[str, LayerStatistics] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stage == "fit":
+            self.compute(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stage == "validate" and trainer.state.fn == "validate":
+            self.compute(trainer, pl_module)
+
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Collect, score and save (rank 0 writes the file)."""
         self.scores, self.statistics = score_channels(trainer, pl_module, self.metric, self.settings)
         if self.save_dir is not None and trainer.is_global_zero:
             path = save_channel_scores(self.save_dir / "channel_scores.pt", self.metric.name, self.scores,

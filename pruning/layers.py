@@ -87,7 +87,7 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     ResNet stage, tied by additions) or when it is a grouped/depthwise convolution. Consumers are the in-channel
     (or in-feature) pruning operations of its dependency group, with Torch-Pruning's index mapping.
     """
-    with preserved_modes(model), torch.enable_grad():  # the tracer needs autograd
+    with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     layers = []
     for name, module in model.named_modules():

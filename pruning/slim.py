@@ -20,7 +20,7 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     for layer in layers:
         if len(keep[layer.name]) < 1:
             raise ValueError(f"layer {layer.name!r} would be left without channels")
-    with preserved_modes(model), torch.enable_grad():  # the tracer needs autograd
+    with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()

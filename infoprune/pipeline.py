@@ -1,0 +1,256 @@
+"""Prune a network end to end (the body of ``prune.py``): baseline -> per step (statistics -> scores -> selection ->
+slimming -> short fine-tune) -> fine-tune -> test, with accuracy at three points (baseline, right after pruning,
+after fine-tuning). Every phase gets a fresh Trainer (and so a fresh optimizer and DDP wrapper around the slimmed
+network); every process computes the same statistics (reduced across ranks) and so chooses the same channels."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.channel_scores import ChannelScoring
+from callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
+from infoprune.training import best_checkpoint, build_datamodule, build_model, read_checkpoint
+from models.classifier import ImageClassifier, count_flops, count_parameters
+from pruning.cost import PruningCost
+from pruning.layers import find_prunable_layers
+from pruning.metrics import Entropy, MutualInformation
+from pruning.schedule import PruningStep, plan_schedule
+from pruning.selection import check_amount, select_global, select_layerwise
+from pruning.summary import PruningSummary
+
+log = logging.getLogger(__name__)
+SCOPES = ("layerwise", "global")
+
+
+def check_pruning_config(cfg: DictConfig) -> None:
+    """Reject a bad pruning config before any work: target, scope, schedule and metric."""
+    check_amount(cfg.pruning.target, "pruning.target")
+    if cfg.pruning.scope.name not in SCOPES:
+        raise ValueError(f"unknown pruning scope {cfg.pruning.scope.name!r}; choose one of {SCOPES}")
+    plan_schedule(cfg.pruning.schedule.name, cfg.pruning.target, cfg.pruning.scope.name, ["layer"])
+    instantiate(cfg.pruning.metric)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
+
+
+def resume_key(cfg: DictConfig) -> dict:
+    """The settings a resumed run must share with the interrupted one."""
+    full = resolved(cfg)
+    return {key: full.get(key) for key in ("model", "datamodule", "pruning", "ckpt_path", "seed")}
+
+
+class PruningRun:
+    """One pruning job: its config, datamodule, loggers and output directory."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.paths.output_dir)
+        self.datamodule = build_datamodule(cfg)
+        self.loggers = instantiate_group(cfg.get("logger"))
+        for logger in self.loggers:
+            logger.log_hyperparams(flatten(resolved(cfg)))
+        self.metric = instantiate(cfg.pruning.metric)
+
+    # -- trainers ----------------------------------------------------------------------------------------------
+    def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None) -> pl.Trainer:
+        """A fresh Trainer for ``phase``; fit phases get the configured callbacks, checkpointing into
+        ``<output>/<phase>/checkpoints``."""
+        group = []
+        if fit and self.cfg.get("callbacks"):
+            callbacks_cfg = OmegaConf.create(resolved(self.cfg.callbacks))
+            for entry in callbacks_cfg.values():
+                if isinstance(entry, DictConfig) and "dirpath" in entry:
+                    entry.dirpath = str(self.out / phase / "checkpoints")
+            group = instantiate_group(callbacks_cfg)
+        elif self.cfg.get("callbacks"):
+            group = [c for c in instantiate_group(self.cfg.callbacks) if isinstance(c, pl.callbacks.ProgressBar)]
+        return instantiate(self.cfg.trainer, max_epochs=max_epochs, callbacks=group + list(callbacks or []),
+                           logger=self.loggers if fit else False, enable_checkpointing=fit,
+                           default_root_dir=str(self.out / phase))
+
+    def test(self, model: ImageClassifier, phase: str) -> dict[str, float]:
+        metrics = self.trainer(phase).test(model, datamodule=self.datamodule, verbose=False)[0]
+        return {k.removeprefix("test/"): float(v) for k, v in metrics.items()}
+
+    def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None) -> None:
+        """Train ``model`` for ``epochs`` in a fresh Trainer (resuming from ``ckpt_path``), then load its best
+        checkpoint's weights."""
+        trainer = self.trainer(phase, max_epochs=epochs, fit=True)
+        trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        best = best_checkpoint(trainer)
+        if best:
+            model.load_state_dict(read_checkpoint(best)["state_dict"])
+
+    # -- phases ------------------------------------------------------------------------------------------------
+    def baseline(self) -> ImageClassifier:
+        """The trained network: from ``ckpt_path``, or trained here for ``trainer.max_epochs`` epochs."""
+        model = build_model(self.cfg, self.datamodule)
+        if not self.cfg.get("ckpt_path"):
+            log.info("no ckpt_path: training the baseline first")
+            self.fit(model, "baseline", self.cfg.trainer.max_epochs)
+        return model
+
+    def scores(self, model: ImageClassifier, step_dir: str) -> dict[str, torch.Tensor]:
+        """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks)."""
+        scoring = ChannelScoring(self.metric, stats=resolved(self.cfg.pruning.stats), save_dir=str(self.out / step_dir),
+                                 stage="validate")
+        self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        if self.is_global_zero():
+            for logger in self.loggers:
+                log_score_histograms(logger, step_dir, scoring.scores)
+        return scoring.scores
+
+    def select(self, model: ImageClassifier, scores: dict[str, torch.Tensor], step: PruningStep,
+               dense: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Channels to keep after ``step`` (``dense``: params and FLOPs of the unpruned network)."""
+        scope = self.cfg.pruning.scope
+        example = model.example_input_array.to(model.device)
+        layers = find_prunable_layers(model.net, example)
+        if scope.name == "layerwise":
+            touched = step.layers or [layer.name for layer in layers]
+            exclude = list(scope.exclude) + [layer.name for layer in layers if layer.name not in touched]
+            return select_layerwise(scores, layers, step.amount, mode=scope.mode, min_channels=scope.min_channels,
+                                    round_to=scope.round_to, overrides=dict(scope.overrides), exclude=exclude)
+        cost = PruningCost(model.net, layers, example)
+        current = cost.dense_params if scope.resource == "params" else cost.dense_flops
+        normalization = scope.normalization
+        if normalization == "auto":
+            normalization = "none" if isinstance(self.metric, (MutualInformation, Entropy)) else "max"
+        return select_global(scores, layers, cost, min(1.0, step.remaining * dense[scope.resource] / current),
+                             resource=scope.resource, normalization=normalization, min_channels=scope.min_channels,
+                             exclude=list(scope.exclude))
+
+    def finetune_settings(self, model: ImageClassifier, epochs: int) -> None:
+        """Fine-tuning runs at ``finetune.lr`` with the scheduler stretched over its own ``epochs``."""
+        model.hparams.optimizer["lr"] = float(self.cfg.finetune.lr)
+        if model.hparams.scheduler and "T_max" in model.hparams.scheduler:
+            model.hparams.scheduler["T_max"] = max(1, int(epochs))
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if self.datamodule.trainer is None or self.datamodule.trainer.is_global_zero:
+            (self.out / "state.json").write_text(json.dumps(state, indent=2))
+
+    def run(self) -> dict[str, Any]:
+        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
+        state_file, last = self.out / "state.json", self.out / "finetune" / "checkpoints" / "last.ckpt"
+        if state_file.exists() and last.exists():
+            state = json.loads(state_file.read_text())
+            if state.get("settings") != resume_key(self.cfg):
+                raise ValueError(f"{self.out} holds an interrupted run with other settings; rerun with those "
+                                 f"settings to resume it, or choose another output directory")
+            log.info("resuming the fine-tune from %s", last)
+            model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=False)
+            resume = str(last)
+        else:
+            state, resume = {"settings": resume_key(self.cfg)}, None
+            model = self.baseline()
+            state["baseline"] = self.test(model, "baseline_test")
+            layers = find_prunable_layers(model.net, model.example_input_array)
+            example = model.example_input_array
+            dense = {"params": PruningCost(model.net, layers, example).dense_params,
+                     "flops": PruningCost(model.net, layers, example).dense_flops}
+            schedule = self.cfg.pruning.schedule
+            plan = plan_schedule(schedule.name, self.cfg.pruning.target, self.cfg.pruning.scope.name,
+                                 [layer.name for layer in layers], schedule.get("steps", 1),
+                                 schedule.get("finetune_epochs", 0))
+            channels_before = {layer.name: layer.num_channels for layer in layers}
+            for i, step in enumerate(plan):
+                keep = self.select(model, self.scores(model, f"step_{i}"), step, dense)
+                slim_classifier(model, keep)
+                if step.finetune_epochs:
+                    self.finetune_settings(model, step.finetune_epochs)
+                    self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
+            after = {layer.name: layer.num_channels
+                     for layer in find_prunable_layers(model.net, model.example_input_array.to(model.device))}
+            summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
+                                     dense["flops"], count_flops(model.net, model.example_input_array.to(model.device)))
+            state["pruned"] = self.test(model, "pruned_test")
+            state["summary"] = summary.metrics(prefix="")
+            state["channels_before"], state["channels_after"] = channels_before, after
+            if self.is_global_zero():
+                save_weights_checkpoint(model, self.out / "pruned.ckpt")
+            self.save_state(state)
+        self.finetune_settings(model, self.cfg.finetune.max_epochs)
+        if self.cfg.finetune.max_epochs > 0:
+            self.fit(model, "finetune", self.cfg.finetune.max_epochs, ckpt_path=resume)
+        state["finetuned"] = self.test(model, "finetuned_test")
+        return self.finish(model, state)
+
+    def is_global_zero(self) -> bool:
+        return torch.distributed.get_rank() == 0 if torch.distributed.is_initialized() else True
+
+    def finish(self, model: ImageClassifier, state: dict[str, Any]) -> dict[str, Any]:
+        """Save the final slimmed network and ``results.json``, log the summary, print the table."""
+        summary = state["summary"]
+        results = {
+            "metric": self.metric.name, "scope": self.cfg.pruning.scope.name,
+            "schedule": self.cfg.pruning.schedule.name, "target": float(self.cfg.pruning.target),
+            "seed": self.cfg.get("seed"), "datamodule": self.datamodule.name,
+            "network": self.cfg.model.net._target_,
+            "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
+            "acc_finetuned": state["finetuned"]["acc"], **summary,
+            "channels_before": state["channels_before"], "channels_after": state["channels_after"],
+        }
+        if self.is_global_zero():
+            save_weights_checkpoint(model, self.out / "final.ckpt")
+            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+            scalars = {f"summary/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            for logger in self.loggers:
+                logger.log_metrics(scalars)
+                log_channel_table(logger, state["channels_before"], state["channels_after"])
+                logger.save()
+            print_results(results)
+        return results
+
+
+def log_score_histograms(logger, step: str, scores: dict[str, torch.Tensor]) -> None:
+    """One histogram of channel scores per layer, for W&B (the scores file holds them for everyone else)."""
+    if isinstance(logger, WandbLogger):
+        import wandb
+        logger.experiment.log({f"scores/{step}/{name}": wandb.Histogram(values.numpy())
+                               for name, values in scores.items()})
+
+
+def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> None:
+    """Per-layer channels kept, as a W&B table (other loggers get the numbers through the summary metrics)."""
+    if hasattr(logger, "log_table"):
+        logger.log_table(key="pruning/channels", columns=["layer", "before", "after", "kept"],
+                         data=[[n, before[n], after[n], after[n] / before[n]] for n in before])
+
+
+def print_results(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    summary = PruningSummary(results["channels_before"], results["channels_after"], int(results["params_before"]),
+                             int(results["params_after"]), int(results["flops_before"]), int(results["flops_after"]))
+    console = Console()
+    summary.print(console)
+    table = Table(title=f"{results['metric']} / {results['scope']} / {results['schedule']} / target {results['target']}")
+    for column in ("", "test accuracy", "params", "FLOPs"):
+        table.add_column(column, justify="right")
+    table.add_row("baseline", f"{results['acc_baseline']:.2%}", f"{int(results['params_before']):,}",
+                  f"{int(results['flops_before']):,}")
+    table.add_row("pruned, no fine-tune", f"{results['acc_pruned']:.2%}", f"{int(results['params_after']):,}",
+                  f"{int(results['flops_after']):,}")
+    table.add_row("pruned + fine-tuned", f"{results['acc_finetuned']:.2%}",
+                  f"{results['params_remaining']:.1%} left", f"{results['flops_reduction']:.2f}x fewer")
+    console.print(table)
+
+
+def prune(cfg: DictConfig) -> dict[str, Any]:
+    """Run the pruning pipeline of ``cfg`` (after checking it), returning ``results.json``'s content."""
+    check_pruning_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    print_config_tree(cfg, save_dir=cfg.paths.output_dir)
+    return PruningRun(cfg).run()

@@ -1,0 +1,102 @@
+"""Aggregate a sweep of ``prune.py`` runs into a markdown table (mean +/- std over seeds, one row per metric, scope,
+schedule and target) and a plot (test accuracy vs fraction of parameters remaining, one line per metric; solid after
+fine-tuning, dashed right after pruning), written next to the sweep.
+
+    python -m pruning.report logs/prune/multiruns/<date>
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+GROUP = ("metric", "scope", "schedule", "target")
+COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
+
+
+def load_runs(sweep_dir: str | Path) -> list[dict]:
+    """Every ``results.json`` under ``sweep_dir``."""
+    runs = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).rglob("results.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no results.json under {sweep_dir}: is it a prune.py run or multirun directory?")
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per (metric, scope, schedule, target): mean and std over seeds of every column, and the seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(run[k] for k in GROUP)].append(run)
+    rows = []
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
+        row = dict(zip(GROUP, key), seeds=sorted(m.get("seed") for m in members))
+        for column in COLUMNS:
+            row[column] = mean_std([m[column] for m in members])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = "| metric | scope | schedule | target | seeds | baseline | pruned (no fine-tune) | fine-tuned | params left | FLOPs left |"
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
+        lines.append(f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | {len(r['seeds'])} | "
+                     f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_metric: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_metric[f"{r['metric']} ({r['scope']}, {r['schedule']})"].append(r)
+    for i, (label, members) in enumerate(sorted(by_metric.items())):
+        members.sort(key=lambda r: r["params_remaining"][0])
+        x = [100 * r["params_remaining"][0] for r in members]
+        color = f"C{i % 10}"
+        for column, style, suffix in (("acc_finetuned", "-o", ""), ("acc_pruned", "--x", " no fine-tune")):
+            y = [100 * r[column][0] for r in members]
+            err = [100 * r[column][1] for r in members]
+            ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, label=label + suffix)
+    ax.set_xlabel("parameters remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.png`` into ``sweep_dir``; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    rows = aggregate(load_runs(sweep_dir))
+    table = sweep_dir / "report.md"
+    table.write_text(f"# Pruning sweep: {sweep_dir}\n\nTest accuracy in %, mean ± std over seeds.\n\n"
+                     + markdown_table(rows) + "\n![accuracy vs parameters](report.png)\n")
+    return table, plot(rows, sweep_dir / "report.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", help="a prune.py multirun (or run) directory")
+    table, figure = write_report(parser.parse_args().sweep_dir)
+    print(table.read_text())
+    print(f"written: {table} and {figure}")
+
+
+if __name__ == "__main__":
+    main()

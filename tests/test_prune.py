@@ -1,0 +1,175 @@
+"""prune.py end to end on digits: every metric one-shot, iterative and layer-by-layer schedules, global scope,
+resume after an interrupted fine-tune, nothing lost on failure, bad input, DDP widths == one process, a 2-job
+multirun with its report, the submitit_local launcher."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.errors import MissingConfigException
+
+from infoprune.pipeline import prune
+from infoprune.training import train
+from pruning.report import load_runs, write_report
+from tests.conftest import FAST, ROOT, compose_config
+
+QUICK = FAST + ["trainer.accelerator=cpu", "finetune.max_epochs=1", "pruning.stats.num_images=512",
+                "pruning.stats.bins=16"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """A digits SimpleNet trained for 3 epochs, shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("baseline")
+    train(compose_config("train", FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false"], out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def run_prune(tmp_path: Path, overrides: list[str], name: str = "run") -> dict:
+    return prune(compose_config("prune", QUICK + overrides, tmp_path / name))
+
+
+@pytest.mark.parametrize("metric", ["mi", "wmi", "wmi_act", "entropy", "l1_in", "l1_out", "random"])
+def test_oneshot_end_to_end_for_every_metric(tmp_path, baseline, metric):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", f"pruning/metric={metric}", "pruning.target=0.5"])
+    assert results["metric"].startswith(metric.replace("wmi_act", "wmi_activation").replace("wmi", "wmi"))
+    assert 0.45 < results["params_remaining"] < 0.55
+    for key in ("acc_baseline", "acc_pruned", "acc_finetuned"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["acc_baseline"] > 0.5
+    out = tmp_path / "run"
+    assert (out / "final.ckpt").exists() and (out / "step_0" / "channel_scores.pt").exists()
+    assert json.loads((out / "results.json").read_text())["acc_finetuned"] == results["acc_finetuned"]
+
+
+def test_iterative_schedule_reaches_the_target_in_steps(tmp_path, baseline):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/schedule=iterative", "pruning.schedule.steps=2",
+                                   "pruning.target=0.6", "pruning/metric=mi"])
+    assert (tmp_path / "run" / "step_1" / "channel_scores.pt").exists()
+    assert (tmp_path / "run" / "step_0_finetune" / "checkpoints" / "last.ckpt").exists()
+    assert 0.35 < results["params_remaining"] < 0.45
+
+
+def test_layer_by_layer_schedule_prunes_every_layer(tmp_path, baseline):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/schedule=layer_by_layer", "pruning.target=0.5",
+                                   "pruning/metric=l1_out", "pruning.schedule.finetune_epochs=0"])
+    assert all(after < results["channels_before"][name] for name, after in results["channels_after"].items())
+
+
+def test_global_scope_reaches_its_budget(tmp_path, baseline):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/scope=global", "pruning.target=0.6",
+                                   "pruning/metric=mi"])
+    assert 0.38 < results["params_remaining"] <= 0.40
+
+
+def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, baseline):
+    overrides = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=4",
+                 "+callbacks.crash._target_=tests.test_prune.CrashAtEpochTwo"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_prune(tmp_path, overrides)
+    out = tmp_path / "run"
+    last = out / "finetune" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    pruned_hash = hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError):  # a failing rerun (bad checkpoint path) touches nothing
+        run_prune(tmp_path, [f"ckpt_path={tmp_path / 'missing.ckpt'}", "finetune.max_epochs=4"])
+    assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    with pytest.raises(ValueError, match="other settings"):  # resuming with other settings is refused
+        run_prune(tmp_path, overrides[:-1] + ["pruning.target=0.6"])
+    results = run_prune(tmp_path, overrides[:-1])  # same output directory, no crash: resumes
+    assert torch.load(last, weights_only=False)["epoch"] == 3
+    assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
+    assert not (out / "baseline").exists() and 0.45 < results["params_remaining"] < 0.55
+
+
+class CrashAtEpochTwo(pl.Callback):
+    """Raises at the start of epoch 2 (after epochs 0 and 1 were checkpointed)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+
+def test_bad_input_is_rejected_before_any_work(tmp_path, baseline):
+    with pytest.raises(MissingConfigException, match="metric"):
+        compose_config("prune", ["pruning/metric=magic"], tmp_path)
+    with pytest.raises(MissingConfigException, match="schedule"):
+        compose_config("prune", ["pruning/schedule=sometimes"], tmp_path)
+    with pytest.raises(ValueError, match=r"pruning.target must be in \[0, 1\)"):
+        run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning.target=1.2"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_prune(tmp_path, [f"ckpt_path={tmp_path / 'nope.ckpt'}"])
+    with pytest.raises(ValueError, match="does not fit the model config"):
+        run_prune(tmp_path, [f"ckpt_path={baseline}", "model.net.width=0.5"])
+    with pytest.raises(ValueError, match="layerwise scope"):
+        run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/scope=global", "pruning/schedule=layer_by_layer"])
+    assert not (tmp_path / "run" / "step_0").exists()
+
+
+def prune_py(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "prune.py"), *args, "logger=csv", "callbacks.rich_progress_bar=null",
+           "++trainer.enable_progress_bar=false", "finetune.max_epochs=1", "pruning.stats.num_images=512"]
+    return subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_ddp_widths_equal_the_single_process_widths(tmp_path, baseline):
+    widths = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        result = prune_py([f"trainer={trainer}", f"ckpt_path={baseline}", "pruning/scope=global",
+                           "pruning.target=0.5", "pruning/metric=mi", f"hydra.run.dir={tmp_path / trainer}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        widths[trainer] = json.loads((tmp_path / trainer / "results.json").read_text())["channels_after"]
+    assert widths["cpu"] == widths["ddp_cpu"]
+    assert widths["cpu"] != json.loads((tmp_path / "cpu" / "results.json").read_text())["channels_before"]
+
+
+def test_two_job_multirun_and_report(tmp_path, baseline):
+    sweep = tmp_path / "sweep"
+    result = prune_py(["-m", "hydra/launcher=local_parallel", f"ckpt_path={baseline}", "pruning/metric=mi,l1_out",
+                       "pruning.target=0.5", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = load_runs(sweep)
+    assert sorted(r["metric"] for r in runs) == ["l1_out", "mi"]
+    table, figure = write_report(sweep)
+    assert figure.stat().st_size > 1000
+    text = table.read_text()
+    for run in runs:
+        assert f"{100 * run['acc_finetuned']:.2f} ± 0.00" in text
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path, baseline):
+    sweep = tmp_path / "sweep"
+    result = prune_py(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"ckpt_path={baseline}",
+                       "pruning/metric=l1_in", "pruning.target=0.3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(load_runs(sweep)) == 1
+
+
+def test_unknown_launcher_is_a_clear_error(tmp_path):
+    result = prune_py(["-m", "hydra/launcher=teleport", "pruning.target=0.3"], tmp_path, timeout=120)
+    assert result.returncode != 0 and "hydra/launcher" in result.stderr and "teleport" in result.stderr
+
+
+def test_wandb_offline_run_gets_summary_and_score_histograms(tmp_path, baseline, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    overrides = [o for o in QUICK if o != "logger=none"] + ["logger=wandb", f"ckpt_path={baseline}",
+                                                             "pruning/metric=mi", "pruning.target=0.5"]
+    prune(compose_config("prune", overrides, tmp_path / "run"))
+    import wandb
+    wandb.finish()
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))  # protobuf log: key names stay readable
+    assert b"summary/acc_finetuned" in records and b"scores/step_0/features.0.conv" in records
+    assert any(runs[0].glob("files/media/table/pruning/channels_*.table.json"))
