@@ -20,7 +20,10 @@ from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.training import best_checkpoint, build_datamodule, build_model, read_checkpoint
 from models.classifier import ImageClassifier, count_flops, count_parameters
-from pruning.cost import PruningCost
+from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
+from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
+from pruning.cost import PruningCost, output_positions
+from pruning.sparse import save_sparse
 from pruning.layers import find_prunable_layers
 from pruning.metrics import Entropy, MutualInformation
 from pruning.schedule import PruningStep, plan_schedule
@@ -141,6 +144,8 @@ class PruningRun:
 
     def run(self) -> dict[str, Any]:
         """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
+        if isinstance(self.metric, ConnectionCriterion):
+            return self.run_connections()
         state_file, last = self.out / "state.json", self.out / "finetune" / "checkpoints" / "last.ckpt"
         if state_file.exists() and last.exists():
             state = json.loads(state_file.read_text())
@@ -185,6 +190,66 @@ class PruningRun:
         state["finetuned"] = self.test(model, "finetuned_test")
         return self.finish(model, state)
 
+    def connection_errors(self, model: ImageClassifier, layers: dict, step_dir: str) -> dict[str, torch.Tensor]:
+        stats = self.cfg.pruning.stats
+        scoring = ConnectionScoring(self.metric, layers, stats.num_images, stats.batch_size, stats.seed)
+        self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        return scoring.errors
+
+    def run_connections(self) -> dict[str, Any]:
+        """Connection pruning (CEP, HCEP, magnitude): per step, errors -> masks to the step's density -> retrain;
+        then the final retraining with masks, masks made permanent, the sparse file written and measured."""
+        model = self.baseline()
+        state: dict[str, Any] = {"baseline": self.test(model, "baseline_test")}
+        layers = prunable_weights(model.net, self.cfg.pruning.get("exclude_layers") or [])
+        schedule = self.cfg.pruning.schedule
+        if schedule.name == "layer_by_layer":
+            raise ValueError("connection pruning supports the oneshot and iterative schedules")
+        steps = schedule.get("steps", 1) if schedule.name == "iterative" else 1
+        masks = None
+        for i, density in enumerate(density_schedule(1.0 - float(self.cfg.pruning.target), steps)):
+            errors = self.connection_errors(model, layers, f"step_{i}")
+            masks = connection_masks(errors, density, self.metric.hcep_fraction, previous=masks)
+            apply_connection_masks(layers, masks)
+            if i < steps - 1 and schedule.get("finetune_epochs", 0):
+                self.finetune_settings(model, schedule.finetune_epochs)
+                self.fit(model, f"step_{i}_finetune", schedule.finetune_epochs)
+        state["pruned"] = self.test(model, "pruned_test")
+        self.finetune_settings(model, self.cfg.finetune.max_epochs)
+        if self.cfg.finetune.max_epochs > 0:
+            self.fit(model, "finetune", self.cfg.finetune.max_epochs)
+        state["finetuned"] = self.test(model, "finetuned_test")
+        make_permanent(layers)
+        state["summary"] = self.storage_summary(model, layers, masks)
+        names = list(layers)
+        state["channels_before"] = {n: int(masks[n].numel()) for n in names}
+        state["channels_after"] = {n: int(masks[n].sum()) for n in names}
+        return self.finish(model, state)
+
+    def storage_summary(self, model: ImageClassifier, layers: dict, masks: dict) -> dict[str, float]:
+        """Parameters, FLOPs (multiply-adds with a nonzero weight) and bytes on disk, dense vs sparse."""
+        example = model.example_input_array.to(model.device)
+        positions = output_positions(model.net, example)
+        dense_flops = count_flops(model.net, example)
+        saved_flops = sum(2 * int((~masks[n]).sum()) * positions[m] for n, m in layers.items())
+        params = count_parameters(model.net)
+        removed = sum(int((~mask).sum()) for mask in masks.values())
+        summary = {"params_before": params, "params_after": params - removed,
+                   "params_remaining": (params - removed) / params, "flops_before": dense_flops,
+                   "flops_after": dense_flops - saved_flops, "flops_remaining": (dense_flops - saved_flops) / dense_flops,
+                   "flops_reduction": dense_flops / max(dense_flops - saved_flops, 1),
+                   "density": sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())}
+        if self.is_global_zero():
+            state_dict = {k: v for k, v in model.net.state_dict().items()}
+            sparse_keys = [f"{n}.weight" for n in layers]
+            torch.save(state_dict, self.out / "dense_weights.pt")
+            for encoding in ("absolute", "relative8"):
+                save_sparse(state_dict, sparse_keys, self.out / f"sparse_{encoding}.pt", indices=encoding)
+                summary[f"bytes_sparse_{encoding}"] = (self.out / f"sparse_{encoding}.pt").stat().st_size
+            summary["bytes_dense"] = (self.out / "dense_weights.pt").stat().st_size
+            summary["storage_reduction"] = summary["bytes_dense"] / summary["bytes_sparse_relative8"]
+        return summary
+
     def is_global_zero(self) -> bool:
         return torch.distributed.get_rank() == 0 if torch.distributed.is_initialized() else True
 
@@ -192,7 +257,8 @@ class PruningRun:
         """Save the final slimmed network and ``results.json``, log the summary, print the table."""
         summary = state["summary"]
         results = {
-            "metric": self.metric.name, "scope": self.cfg.pruning.scope.name,
+            "metric": self.metric.name,
+            "scope": "connection" if isinstance(self.metric, ConnectionCriterion) else self.cfg.pruning.scope.name,
             "schedule": self.cfg.pruning.schedule.name, "target": float(self.cfg.pruning.target),
             "seed": self.cfg.get("seed"), "datamodule": self.datamodule.name,
             "network": self.cfg.model.net._target_,

@@ -17,7 +17,7 @@ from models.classifier import count_flops, count_parameters
 from pruning.layers import PrunableLayer, preserved_modes
 
 
-def _output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
+def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
     """Output spatial positions (H x W, 1 for linear layers) of every conv and linear layer for one input."""
     positions: dict[nn.Module, int] = {}
     hooks = [m.register_forward_hook(lambda m, i, o: positions.__setitem__(m, o[0, 0].numel() if o.dim() == 4 else 1))
@@ -36,7 +36,7 @@ class PruningCost:
         self.dense_params = self.params = count_parameters(model)
         self.dense_flops = self.flops = count_flops(model, example_input[:1])
         self.layers = {layer.name: layer for layer in layers}
-        self.positions = _output_positions(model, example_input)
+        self.positions = output_positions(model, example_input)
         self.out_kept = {m: m.weight.shape[0] for m in self.positions}
         self.in_kept = {m: m.weight.shape[1] for m in self.positions}
         self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
