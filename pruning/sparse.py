@@ -64,11 +64,11 @@ def decode(entry: dict) -> torch.Tensor:
         rows = torch.repeat_interleave(torch.arange(rows_n), counts)
         dense[rows, entry["cols"].long()] = values
     else:
-        rows = torch.repeat_interleave(torch.arange(rows_n), entry["row_lengths"].long())
-        gaps = entry["gaps"].long()
-        starts = torch.cat([torch.zeros(1, dtype=torch.long), entry["row_lengths"].long().cumsum(0)[:-1]])
-        cols = gaps.cumsum(0) - 1
-        cols -= torch.repeat_interleave(cols[starts] - gaps[starts] + 1, entry["row_lengths"].long())
+        lengths = entry["row_lengths"].long()
+        rows = torch.repeat_interleave(torch.arange(rows_n), lengths)
+        position = entry["gaps"].long().cumsum(0)  # running sum of gaps over all rows
+        before_row = torch.cat([torch.zeros(1, dtype=torch.long), position])[lengths.cumsum(0) - lengths]
+        cols = position - 1 - before_row[rows]
         dense[rows, cols] += values
     return dense.view(shape)
 

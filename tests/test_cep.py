@@ -1,0 +1,161 @@
+"""Connection pruning: groups and thresholds, HCEP quotas, the first-order error against the exact loss increase,
+masks through retraining and reload, sparse storage round trips and sizes, prune.py end to end (digits, and the
+AlexNet/ImageNet experiment on a tiny ImageFolder)."""
+from __future__ import annotations
+
+import pytest
+import scipy.stats
+import torch
+import torch.nn as nn
+
+from callbacks.cep import apply_connection_masks, make_permanent
+from datamodules import DigitsDataModule
+from infoprune.pipeline import prune
+from models import LeNet5
+from pruning.cep import (ConnectionCriterion, connection_errors, connection_masks, density_schedule,
+                         exact_loss_increase, magnitude_errors, prunable_weights)
+from pruning.sparse import load_sparse, save_sparse
+from tests import data_writers
+from tests.conftest import FAST, compose_config
+
+
+def random_errors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"conv": torch.rand(8, 3, 3, 3, generator=g, dtype=torch.float64) ** 3,
+            "fc": torch.rand(10, 40, generator=g, dtype=torch.float64) ** 3}
+
+
+@pytest.mark.parametrize("density", [0.5, 0.2, 0.08])
+def test_masks_hit_the_density_and_keep_every_hcep_quota(density):
+    errors = random_errors()
+    masks = connection_masks(errors, density, hcep_fraction=0.05)
+    total = sum(e.numel() for e in errors.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert abs(kept - density * total) <= 1  # exact up to rounding (well within one connection per group)
+    for name, e in errors.items():
+        groups, keep = e.reshape(e.shape[0], -1), masks[name].reshape(e.shape[0], -1)
+        quota = -(-groups.shape[1] * 5 // 100)  # ceil(5% of the group)
+        top = groups.topk(quota, dim=1).indices
+        assert keep.gather(1, top).all()  # the highest-error connections of every group stay
+
+
+def test_threshold_is_a_fraction_of_each_groups_mean():
+    errors = random_errors(1)
+    masks = connection_masks(errors, 0.4)
+    ratios_kept, ratios_removed = [], []
+    for name, e in errors.items():
+        groups = e.reshape(e.shape[0], -1)
+        r = groups / groups.mean(1, keepdim=True)
+        keep = masks[name].reshape_as(groups)
+        ratios_kept.append(r[keep]), ratios_removed.append(r[~keep])
+    assert torch.cat(ratios_removed).max() <= torch.cat(ratios_kept).min()  # one alpha separates them
+
+
+def test_previously_removed_connections_stay_removed_and_schedules_are_geometric():
+    errors = random_errors()
+    first = connection_masks(errors, 0.5)
+    second = connection_masks(random_errors(5), 0.3, previous=first)
+    for name in errors:
+        assert not (second[name] & ~first[name]).any()
+    assert density_schedule(0.16, 2) == pytest.approx([0.4, 0.16])
+
+
+def test_bad_connection_settings_are_rejected():
+    with pytest.raises(ValueError, match="hcep_fraction"):
+        ConnectionCriterion("cep", hcep_fraction=1.0)
+    with pytest.raises(ValueError, match="unknown connection criterion"):
+        ConnectionCriterion("obs")
+    with pytest.raises(ValueError, match="below the HCEP quota"):
+        connection_masks(random_errors(), 0.01, hcep_fraction=0.2)
+    with pytest.raises(KeyError, match="unknown layer"):
+        prunable_weights(LeNet5(), exclude=["classifier.9"])
+
+
+@pytest.fixture(scope="module")
+def small_trained():
+    """LeNet-5 (padded for 8x8) trained briefly on digits, and a calibration batch."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule()
+    dm.setup()
+    net = LeNet5(input_size=8, padding=2, channels=[6, 8, 32])
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, y = dm.transform_batch(dm.train_set.images, False), dm.train_set.labels
+    for _ in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    return net, x[:512], y[:512]
+
+
+def test_first_order_error_ranks_like_the_exact_loss_increase(small_trained):
+    net, x, y = small_trained
+    layer = net.features[0]  # 6 x 1 x 5 x 5 = 150 connections
+    errors = connection_errors(net, {"conv1": layer}, lambda: [(x, y)], order=1)["conv1"]
+    exact = exact_loss_increase(net, layer, x, y)
+    rho = scipy.stats.spearmanr(errors.flatten().numpy(), exact.abs().flatten().numpy()).statistic
+    assert rho > 0.6, rho
+    second = connection_errors(net, {"conv1": layer}, lambda: [(x, y)], order=2)["conv1"]
+    assert scipy.stats.spearmanr(second.flatten().numpy(), exact.flatten().numpy()).statistic > 0.3
+
+
+def test_masked_weights_stay_zero_through_retraining_and_after_reload(small_trained, tmp_path):
+    net, x, y = small_trained
+    layers = prunable_weights(net)
+    masks = connection_masks(magnitude_errors(layers), 0.3)
+    apply_connection_masks(layers, masks)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for _ in range(5):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    assert all((m.weight[~masks[n]] == 0).all() for n, m in layers.items())
+    make_permanent(layers)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    reloaded = LeNet5(input_size=8, padding=2, channels=[6, 8, 32])
+    reloaded.load_state_dict(torch.load(tmp_path / "w.pt"))
+    assert all((reloaded.get_submodule(n).weight[~masks[n]] == 0).all() for n in layers)
+
+
+@pytest.mark.parametrize("encoding", ["absolute", "relative8"])
+def test_sparse_round_trip_is_exact_and_bytes_shrink_with_density(encoding, tmp_path):
+    torch.manual_seed(0)
+    net = LeNet5().eval()
+    layers = prunable_weights(net)
+    x = torch.randn(4, 1, 28, 28)
+    sizes = []
+    for density in (0.5, 0.16, 0.04):
+        masks = connection_masks(magnitude_errors(layers), density)
+        with torch.no_grad():
+            for n, m in layers.items():
+                m.weight[~masks[n]] = 0.0
+        path = save_sparse(net.state_dict(), [f"{n}.weight" for n in layers], tmp_path / f"{density}.pt", encoding)
+        copy = LeNet5().eval()
+        copy.load_state_dict(load_sparse(path))
+        assert torch.equal(copy(x), net(x))
+        sizes.append(path.stat().st_size)
+    torch.save(net.state_dict(), tmp_path / "dense.pt")
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert sizes[2] < (tmp_path / "dense.pt").stat().st_size / 8
+
+
+def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
+    base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
+                   "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",
+                   "pruning.target=0.8"]
+    for metric in ("cep", "hcep", "magnitude"):
+        results = prune(compose_config("prune", base + [f"pruning/metric={metric}"], tmp_path / metric))
+        assert results["metric"] == metric and results["scope"] == "connection"
+        assert results["density"] == pytest.approx(0.2, abs=1e-4)
+        assert results["bytes_sparse_relative8"] < results["bytes_dense"] / 2
+        assert (tmp_path / metric / "sparse_absolute.pt").exists()
+
+
+def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
+    data_writers.write_image_folder(tmp_path / "data" / "imagenet", {"train": 6, "val": 2}, classes=3, size=72)
+    overrides = FAST + ["experiment=cep_alexnet_imagenet", "trainer=cpu", f"datamodule.data_dir={tmp_path / 'data'}",
+                        "datamodule.num_classes=3", "datamodule.image_size=64", "datamodule.num_workers=0",
+                        "datamodule.batch_size=6", "datamodule.val_fraction=0.2", "model.net.width=0.125",
+                        "trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=12",
+                        "pruning.stats.batch_size=6"]
+    results = prune(compose_config("prune", overrides, tmp_path / "run"))
+    assert results["network"] == "models.AlexNet" and results["density"] == pytest.approx(0.25, abs=1e-4)
