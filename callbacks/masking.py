@@ -8,6 +8,7 @@ from typing import Mapping
 import pytorch_lightning as pl
 import torch
 
+from infoprune.io import atomic_save
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.layers import find_prunable_layers
 from pruning.masks import apply_channel_masks
@@ -57,14 +58,9 @@ def slim_classifier(module: ImageClassifier, keep: Mapping[str, torch.Tensor]) -
 def save_weights_checkpoint(module: ImageClassifier, path: str | Path) -> Path:
     """A checkpoint with the module's weights and hyperparameters only (no optimizer or loop state, which a slimmed
     network no longer fits), loadable by ``ImageClassifier.load_from_checkpoint`` and ``init_from=``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": module.state_dict(), ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
                "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(payload, path)
 
 
 def export_network(module: ImageClassifier, path: str | Path, fmt: str = "torchscript") -> Path:

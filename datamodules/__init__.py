@@ -2,8 +2,13 @@
 from datamodules.base import DataNotFoundError, ImageDataModule, InMemoryImageDataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.image_folder import CIFAR10JPEGDataModule, ImageNetDataModule
-from datamodules.torchvision_sets import (CIFAR10DataModule, CIFAR100DataModule, FashionMNISTDataModule,
-                                          MNISTDataModule, SVHNDataModule)
+from datamodules.torchvision_sets import (
+                                          CIFAR10DataModule,
+                                          CIFAR100DataModule,
+                                          FashionMNISTDataModule,
+                                          MNISTDataModule,
+                                          SVHNDataModule,
+)
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "CIFAR10JPEGDataModule", "DataNotFoundError",
            "DigitsDataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageNetDataModule",

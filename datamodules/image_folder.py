@@ -14,6 +14,7 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from datamodules.base import ImageDataModule, InMemoryImageDataModule, missing_data_error
+from infoprune.io import atomic_save
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -93,10 +94,7 @@ class CIFAR10JPEGDataModule(InMemoryImageDataModule):
         self.check_files()
         cache = self.cache_file()
         if not cache.exists():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            torch.save(decode_image_folder(self.source()), tmp)
-            tmp.replace(cache)
+            atomic_save(decode_image_folder(self.source()), cache)
 
     def load(self, train: bool):
         if not self.cache_file().exists():

@@ -10,24 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import WandbLogger
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from callbacks.channel_scores import ChannelScoring
 from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.training import best_checkpoint, build_datamodule, build_model, read_checkpoint
 from models.classifier import ImageClassifier, count_flops, count_parameters
-from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from pruning.cost import PruningCost, output_positions
-from pruning.sparse import save_sparse
 from pruning.layers import find_prunable_layers
 from pruning.metrics import Entropy, MutualInformation
 from pruning.schedule import PruningStep, plan_schedule
 from pruning.selection import check_amount, select_global, select_layerwise
+from pruning.sparse import save_sparse
 from pruning.summary import PruningSummary
 
 log = logging.getLogger(__name__)

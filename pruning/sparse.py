@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from infoprune.io import atomic_save
+
 FORMAT = "infoprune.sparse/1"
 
 
@@ -78,12 +80,7 @@ def save_sparse(state_dict: dict[str, torch.Tensor], sparse_keys: list[str], pat
     """Write ``state_dict`` with the tensors in ``sparse_keys`` in CSR form (atomically)."""
     payload = {"format": FORMAT, "sparse": {k: encode(state_dict[k], indices, values_dtype) for k in sparse_keys},
                "dense": {k: v.detach().cpu() for k, v in state_dict.items() if k not in sparse_keys}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(payload, path)
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from infoprune.io import atomic_save
 from pruning.stats import LayerStatistics
 
 FORMAT = "infoprune.channel-scores/1"
@@ -31,12 +32,7 @@ def save_channel_scores(path: str | os.PathLike, metric: str, scores: dict[str, 
     num_images = next(iter(stats.values())).num_images if stats else 0
     payload = {"format": FORMAT, "metric": metric, "settings": dict(settings), "num_classes": num_classes,
                "num_images": num_images, "layers": layers}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(payload, path)
 
 
 def load_channel_scores(path: str | os.PathLike) -> dict:

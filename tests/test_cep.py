@@ -12,8 +12,15 @@ from callbacks.cep import apply_connection_masks, make_permanent
 from datamodules import DigitsDataModule
 from infoprune.pipeline import prune
 from models import LeNet5
-from pruning.cep import (ConnectionCriterion, connection_errors, connection_masks, density_schedule,
-                         exact_loss_increase, magnitude_errors, prunable_weights)
+from pruning.cep import (
+    ConnectionCriterion,
+    connection_errors,
+    connection_masks,
+    density_schedule,
+    exact_loss_increase,
+    magnitude_errors,
+    prunable_weights,
+)
 from pruning.sparse import load_sparse, save_sparse
 from tests import data_writers
 from tests.conftest import FAST, compose_config

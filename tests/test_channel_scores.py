@@ -14,10 +14,16 @@ import torch.nn as nn
 from hydra.utils import instantiate
 
 from datamodules import DigitsDataModule
-from models import AlexNet, CifarResNet, LeNet5, SimpleNet, VGG16BN
+from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from pruning.layers import find_prunable_layers
-from pruning.metrics import (Entropy, InputL1, MutualInformation, OutputL1, RandomScore,
-                             WeightedMutualInformation, output_l1)
+from pruning.metrics import (
+    Entropy,
+    InputL1,
+    MutualInformation,
+    RandomScore,
+    WeightedMutualInformation,
+    output_l1,
+)
 from pruning.stats import collect_statistics
 from pruning.storage import load_channel_scores, save_channel_scores
 from tests.conftest import CONF
@@ -223,6 +229,7 @@ def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
 def _train_py_scores(tmp_path, name: str, trainer: str) -> dict:
     import subprocess
     import sys
+
     from tests.conftest import ROOT
     run_dir = tmp_path / name
     cmd = [sys.executable, str(ROOT / "train.py"), f"trainer={trainer}", "trainer.max_epochs=1",

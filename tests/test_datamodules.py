@@ -8,9 +8,17 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from datamodules import (CIFAR10DataModule, CIFAR100DataModule, CIFAR10JPEGDataModule, DataNotFoundError,
-                         DigitsDataModule, FashionMNISTDataModule, ImageNetDataModule, MNISTDataModule,
-                         SVHNDataModule)
+from datamodules import (
+    CIFAR10DataModule,
+    CIFAR10JPEGDataModule,
+    CIFAR100DataModule,
+    DataNotFoundError,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    ImageNetDataModule,
+    MNISTDataModule,
+    SVHNDataModule,
+)
 from datamodules.augment import normalize, random_crop, random_hflip
 from tests import data_writers
 

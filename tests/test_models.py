@@ -6,7 +6,7 @@ import torch
 import torchvision
 from hydra.utils import instantiate
 
-from models import AlexNet, CifarResNet, LeNet5, SimpleNet, VGG16BN
+from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from models.classifier import count_flops, count_parameters
 
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from callbacks.masking import ChannelMasking, export_network, save_weights_checkpoint, slim_classifier
 from infoprune.training import train
-from models import AlexNet, CifarResNet, LeNet5, SimpleNet, VGG16BN
+from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.cost import PruningCost
 from pruning.layers import find_prunable_layers
@@ -161,6 +161,7 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
     layers = find_prunable_layers(module.net, module.example_input_array)
     keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
     import pytorch_lightning as pl
+
     from datamodules import DigitsDataModule
     dm = DigitsDataModule()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
