@@ -173,3 +173,23 @@ def test_wandb_offline_run_gets_summary_and_score_histograms(tmp_path, baseline,
     records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))  # protobuf log: key names stay readable
     assert b"summary/acc_finetuned" in records and b"scores/step_0/features.0.conv" in records
     assert any(runs[0].glob("files/media/table/pruning/channels_*.table.json"))
+
+
+EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
+                     for p in (ROOT / "conf" / "experiment").rglob("*.yaml") if not p.stem.endswith("_base"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(tmp_path, experiment):
+    cfg = compose_config("prune", [f"experiment={experiment}"], tmp_path)
+    assert cfg.task_name != "prune" and 0.0 < cfg.pruning.target < 1.0
+
+
+def test_full_scale_paper_command_runs_fast_dev_run_sized(tmp_path):
+    from tests import data_writers
+    data_writers.write_cifar10(tmp_path / "data")
+    overrides = FAST + ["experiment=paper/layerwise_cifar10", "trainer=cpu", "++trainer.fast_dev_run=true",
+                        "trainer.precision=32", f"datamodule.data_dir={tmp_path / 'data'}", "datamodule.batch_size=8",
+                        "model.net.width=0.125", "pruning.stats.num_images=40", "pruning.stats.batch_size=20"]
+    results = prune(compose_config("prune", overrides, tmp_path / "run"))
+    assert results["scope"] == "layerwise" and results["params_remaining"] < 0.4
