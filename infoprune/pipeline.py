@@ -184,11 +184,17 @@ class PruningRun:
             if self.is_global_zero():
                 save_weights_checkpoint(model, self.out / "pruned.ckpt")
             self.save_state(state)
-        self.finetune_settings(model, self.cfg.finetune.max_epochs)
-        if self.cfg.finetune.max_epochs > 0:
-            self.fit(model, "finetune", self.cfg.finetune.max_epochs, ckpt_path=resume)
-        state["finetuned"] = self.test(model, "finetuned_test")
+        state["finetuned"] = self.final_finetune(model, state, resume)
         return self.finish(model, state)
+
+    def final_finetune(self, model: ImageClassifier, state: dict[str, Any], resume: str | None = None) -> dict:
+        """The long fine-tune after the last step, and its test (without fine-tuning: the pruned accuracy)."""
+        epochs = self.cfg.finetune.max_epochs
+        if epochs <= 0:
+            return state["pruned"]
+        self.finetune_settings(model, epochs)
+        self.fit(model, "finetune", epochs, ckpt_path=resume)
+        return self.test(model, "finetuned_test")
 
     def connection_errors(self, model: ImageClassifier, layers: dict, step_dir: str) -> dict[str, torch.Tensor]:
         stats = self.cfg.pruning.stats
@@ -215,10 +221,7 @@ class PruningRun:
                 self.finetune_settings(model, schedule.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", schedule.finetune_epochs)
         state["pruned"] = self.test(model, "pruned_test")
-        self.finetune_settings(model, self.cfg.finetune.max_epochs)
-        if self.cfg.finetune.max_epochs > 0:
-            self.fit(model, "finetune", self.cfg.finetune.max_epochs)
-        state["finetuned"] = self.test(model, "finetuned_test")
+        state["finetuned"] = self.final_finetune(model, state)
         make_permanent(layers)
         state["summary"] = self.storage_summary(model, layers, masks)
         names = list(layers)
