@@ -39,6 +39,11 @@ def test_resnet56_has_0_85m_parameters_with_option_a_shortcut():
     assert 0.85e6 < count_parameters(CifarResNet(depth=56, shortcut="B")) < 0.86e6
 
 
+def test_simplenet_runs_on_28x28_grayscale_with_any_class_count():
+    net = SimpleNet(num_classes=7, in_channels=1, width=0.25)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
+
+
 def test_width_multiplier_and_explicit_channels():
     assert SimpleNet(width=0.25).widths[:3] == [16, 32, 32]
     net = SimpleNet(channels=[8] * 13, in_channels=1, num_classes=3)
