@@ -43,17 +43,24 @@ def aggregate(runs: list[dict]) -> list[dict]:
         row = dict(zip(GROUP, key), seeds=sorted(m.get("seed") for m in members))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
+        if all("storage_reduction" in m for m in members):
+            row["storage_reduction"] = mean_std([m["storage_reduction"] for m in members])
         rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = "| metric | scope | schedule | target | seeds | baseline | pruned (no fine-tune) | fine-tuned | params left | FLOPs left |"
-    lines = [header, "|" + "---|" * 10]
+    storage = any("storage_reduction" in r for r in rows)
+    header = ("| metric | scope | schedule | target | seeds | baseline | pruned (no fine-tune) | fine-tuned "
+              "| params left | FLOPs left |" + (" storage smaller by |" if storage else ""))
+    lines = [header, "|" + "---|" * (11 if storage else 10)]
     for r in rows:
         acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
-        lines.append(f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | {len(r['seeds'])} | "
-                     f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
+        line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | {len(r['seeds'])} | "
+                f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
+        if storage:
+            line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
