@@ -4,8 +4,11 @@ after fine-tuning). Every phase gets a fresh Trainer (and so a fresh optimizer a
 network); every process computes the same statistics (reduced across ranks) and so chooses the same channels."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from callbacks.cep import ConnectionScoring, apply_connection_masks, make_perman
 from callbacks.channel_scores import ChannelScoring
 from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
-from infoprune.training import best_checkpoint, build_datamodule, build_model, read_checkpoint
+from infoprune.training import best_checkpoint, build_datamodule, build_model, check_checkpoint_fits, read_checkpoint
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from pruning.cost import PruningCost, output_positions
@@ -49,6 +52,34 @@ def resume_key(cfg: DictConfig) -> dict:
     """The settings a resumed run must share with the interrupted one."""
     full = resolved(cfg)
     return {key: full.get(key) for key in ("model", "datamodule", "pruning", "ckpt_path", "seed")}
+
+
+def baseline_cache_file(cfg: DictConfig) -> Path | None:
+    """``<baseline_cache>/<hash>.ckpt`` for the settings that determine a trained baseline (model, optimizer and
+    scheduler, datamodule, training epochs, seed), or None when ``baseline_cache`` is unset."""
+    if not cfg.get("baseline_cache"):
+        return None
+    full = resolved(cfg)
+    key = {"model": full["model"], "datamodule": full["datamodule"], "epochs": full["trainer"]["max_epochs"],
+           "seed": full.get("seed")}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.baseline_cache) / f"baseline-{digest}.ckpt"
+
+
+@contextmanager
+def baseline_lock(cache: Path | None, enabled: bool):
+    """An exclusive file lock beside ``cache`` while a baseline is looked up or trained, so parallel sweep jobs
+    wait for one training instead of each training the same baseline (not under DDP, whose ranks train together)."""
+    if not enabled:
+        yield
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class PruningRun:
@@ -95,11 +126,24 @@ class PruningRun:
 
     # -- phases ------------------------------------------------------------------------------------------------
     def baseline(self) -> ImageClassifier:
-        """The trained network: from ``ckpt_path``, or trained here for ``trainer.max_epochs`` epochs."""
+        """The trained network: from ``ckpt_path``; else from the baseline cache (``baseline_cache``: one baseline
+        per model, data, training length and seed, shared by every job of a sweep); else trained here for
+        ``trainer.max_epochs`` epochs (and put in the cache)."""
         model = build_model(self.cfg, self.datamodule)
-        if not self.cfg.get("ckpt_path"):
+        if self.cfg.get("ckpt_path"):
+            return model
+        cache = baseline_cache_file(self.cfg)
+        with baseline_lock(cache, enabled=cache is not None and "ddp" not in str(self.cfg.trainer.get("strategy"))):
+            if cache is not None and cache.exists():
+                log.info("baseline from the cache: %s", cache)
+                checkpoint = read_checkpoint(str(cache))
+                check_checkpoint_fits(model, checkpoint, str(cache))
+                model.load_state_dict(checkpoint["state_dict"])
+                return model
             log.info("no ckpt_path: training the baseline first")
             self.fit(model, "baseline", self.cfg.trainer.max_epochs)
+            if cache is not None and self.is_global_zero():
+                save_weights_checkpoint(model, cache)
         return model
 
     def scores(self, model: ImageClassifier, step_dir: str) -> dict[str, torch.Tensor]:

@@ -193,3 +193,15 @@ def test_full_scale_paper_command_runs_fast_dev_run_sized(tmp_path):
                         "model.net.width=0.125", "pruning.stats.num_images=40", "pruning.stats.batch_size=20"]
     results = prune(compose_config("prune", overrides, tmp_path / "run"))
     assert results["scope"] == "layerwise" and results["params_remaining"] < 0.4
+
+
+def test_baseline_cache_trains_each_baseline_once(tmp_path):
+    cache = tmp_path / "baselines"
+    base = QUICK + ["trainer.max_epochs=2", f"baseline_cache={cache}", "finetune.max_epochs=0"]
+    first = run_prune(tmp_path, base + ["pruning/metric=l1_in"], "first")
+    assert (tmp_path / "first" / "baseline").exists() and len(list(cache.glob("*.ckpt"))) == 1
+    second = run_prune(tmp_path, base + ["pruning/metric=mi", "pruning.target=0.3"], "second")
+    assert not (tmp_path / "second" / "baseline").exists()  # reused, not retrained
+    assert second["acc_baseline"] == first["acc_baseline"]
+    run_prune(tmp_path, base + ["pruning/metric=mi", "seed=1"], "other_seed")
+    assert len(list(cache.glob("*.ckpt"))) == 2  # another seed is another baseline
