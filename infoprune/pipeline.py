@@ -183,7 +183,7 @@ class PruningRun:
             model.hparams.scheduler["T_max"] = max(1, int(epochs))
 
     def save_state(self, state: dict[str, Any]) -> None:
-        if self.datamodule.trainer is None or self.datamodule.trainer.is_global_zero:
+        if self.is_global_zero():
             (self.out / "state.json").write_text(json.dumps(state, indent=2))
 
     def run(self) -> dict[str, Any]:
@@ -200,36 +200,42 @@ class PruningRun:
             model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=False)
             resume = str(last)
         else:
-            state, resume = {"settings": resume_key(self.cfg)}, None
-            model = self.baseline()
-            state["baseline"] = self.test(model, "baseline_test")
-            layers = find_prunable_layers(model.net, model.example_input_array)
-            example = model.example_input_array
-            dense = {"params": PruningCost(model.net, layers, example).dense_params,
-                     "flops": PruningCost(model.net, layers, example).dense_flops}
-            schedule = self.cfg.pruning.schedule
-            plan = plan_schedule(schedule.name, self.cfg.pruning.target, self.cfg.pruning.scope.name,
-                                 [layer.name for layer in layers], schedule.get("steps", 1),
-                                 schedule.get("finetune_epochs", 0))
-            channels_before = {layer.name: layer.num_channels for layer in layers}
-            for i, step in enumerate(plan):
-                keep = self.select(model, self.scores(model, f"step_{i}"), step, dense)
-                slim_classifier(model, keep)
-                if step.finetune_epochs:
-                    self.finetune_settings(model, step.finetune_epochs)
-                    self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
-            after = {layer.name: layer.num_channels
-                     for layer in find_prunable_layers(model.net, model.example_input_array.to(model.device))}
-            summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
-                                     dense["flops"], count_flops(model.net, model.example_input_array.to(model.device)))
-            state["pruned"] = self.test(model, "pruned_test")
-            state["summary"] = summary.metrics(prefix="")
-            state["channels_before"], state["channels_after"] = channels_before, after
-            if self.is_global_zero():
-                save_weights_checkpoint(model, self.out / "pruned.ckpt")
-            self.save_state(state)
+            model, state = self.prune_channels()
+            resume = None
         state["finetuned"] = self.final_finetune(model, state, resume)
         return self.finish(model, state)
+
+    def prune_channels(self) -> tuple[ImageClassifier, dict[str, Any]]:
+        """Baseline, then every step of the schedule; saves ``pruned.ckpt`` and ``state.json`` (what a resumed run
+        starts from)."""
+        state: dict[str, Any] = {"settings": resume_key(self.cfg)}
+        model = self.baseline()
+        state["baseline"] = self.test(model, "baseline_test")
+        example = model.example_input_array.to(model.device)
+        layers = find_prunable_layers(model.net, example)
+        dense = {"params": count_parameters(model.net), "flops": count_flops(model.net, example)}
+        schedule = self.cfg.pruning.schedule
+        plan = plan_schedule(schedule.name, self.cfg.pruning.target, self.cfg.pruning.scope.name,
+                             [layer.name for layer in layers], schedule.get("steps", 1),
+                             schedule.get("finetune_epochs", 0))
+        channels_before = {layer.name: layer.num_channels for layer in layers}
+        for i, step in enumerate(plan):
+            keep = self.select(model, self.scores(model, f"step_{i}"), step, dense)
+            slim_classifier(model, keep)
+            if step.finetune_epochs:
+                self.finetune_settings(model, step.finetune_epochs)
+                self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
+        example = model.example_input_array.to(model.device)
+        after = {layer.name: layer.num_channels for layer in find_prunable_layers(model.net, example)}
+        summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
+                                 dense["flops"], count_flops(model.net, example))
+        state["pruned"] = self.test(model, "pruned_test")
+        state["summary"] = summary.metrics(prefix="")
+        state["channels_before"], state["channels_after"] = channels_before, after
+        if self.is_global_zero():
+            save_weights_checkpoint(model, self.out / "pruned.ckpt")
+        self.save_state(state)
+        return model, state
 
     def final_finetune(self, model: ImageClassifier, state: dict[str, Any], resume: str | None = None) -> dict:
         """The long fine-tune after the last step, and its test (without fine-tuning: the pruned accuracy)."""
