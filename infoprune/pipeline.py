@@ -24,6 +24,7 @@ from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.training import best_checkpoint, build_datamodule, build_model, check_checkpoint_fits, read_checkpoint
 from models.classifier import ImageClassifier, count_flops, count_parameters
+from pruning.batchnorm import recalibrate_batchnorm
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from pruning.cost import PruningCost, output_positions
 from pruning.layers import find_prunable_layers
@@ -176,6 +177,15 @@ class PruningRun:
                              resource=scope.resource, normalization=normalization, min_channels=scope.min_channels,
                              exclude=list(scope.exclude))
 
+    def recalibrate(self, model: ImageClassifier) -> None:
+        """Re-estimate BatchNorm statistics on ``pruning.recalibrate_bn_images`` training images (0: off), the same
+        images on every process so every rank keeps the same network."""
+        images = int(self.cfg.pruning.get("recalibrate_bn_images") or 0)
+        if images > 0:
+            stats = self.cfg.pruning.stats
+            batches = self.datamodule.calibration_batches(images, stats.batch_size, stats.seed, model.device)
+            recalibrate_batchnorm(model.net, batches)
+
     def finetune_settings(self, model: ImageClassifier, epochs: int) -> None:
         """Fine-tuning runs at ``finetune.lr`` with the scheduler stretched over its own ``epochs``."""
         model.hparams.optimizer["lr"] = float(self.cfg.finetune.lr)
@@ -225,6 +235,7 @@ class PruningRun:
             if step.finetune_epochs:
                 self.finetune_settings(model, step.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
+        self.recalibrate(model)
         example = model.example_input_array.to(model.device)
         after = {layer.name: layer.num_channels for layer in find_prunable_layers(model.net, example)}
         summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),

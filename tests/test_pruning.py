@@ -228,3 +228,16 @@ def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tm
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["hyper_parameters"]["net"]["channels"] == module.net.widths
+
+
+def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
+    from pruning.batchnorm import recalibrate_batchnorm
+    torch.manual_seed(0)
+    net = randomized(SimpleNet(width=0.125))
+    images = torch.randn(96, 3, 32, 32) * 2 + 1
+    assert recalibrate_batchnorm(net, lambda: [(b, None) for b in images.split(32)]) == 3
+    bn = net.features[0].bn
+    with torch.no_grad():
+        conv_out = net.features[0].conv(images)
+    torch.testing.assert_close(bn.running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not net.training and bn.momentum == 0.1  # modes and momentum restored
