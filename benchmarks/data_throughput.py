@@ -1,7 +1,7 @@
 """Is training bottlenecked by data? Images/s of the in-memory datamodule alone (batch gather + on-device crop, flip,
 normalisation) vs the SimpleNet training step, and the share of step time spent waiting for data.
 
-    DATA_DIR=../shared/datasets python benchmarks/data_throughput.py [--width 0.25] [--batches 30]
+    DATA_DIR=../shared/datasets python -m benchmarks.data_throughput [--width 0.25] [--batches 30]
 
 Target (issue 2): data share under 5%."""
 from __future__ import annotations

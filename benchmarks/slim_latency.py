@@ -3,7 +3,7 @@
 widths, measured interleaved in one run; with kept channels as chosen and rounded up to multiples of 8; in the
 default (contiguous NCHW) and the channels-last memory format (oneDNN's preferred CPU layout).
 
-    python benchmarks/slim_latency.py [--width 1.0] [--repeats 7]
+    python -m benchmarks.slim_latency [--width 1.0] [--repeats 7]
 
 Targets (issue 4): slimmed / same-width dense within 1.05; speed-up over the original at least 0.85 of the FLOP
 reduction. Last line: JSON with ``slim_vs_dense`` and ``speedup_over_flop_ratio`` (channels-last, kept channels as chosen), and
