@@ -77,3 +77,13 @@ def test_every_model_config_composes_and_runs_forward_backward(make_cfg, name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     optimizer = model.configure_optimizers()
     assert optimizer is not None
+
+
+def test_top5_accuracy_is_tracked_only_beyond_ten_classes():
+    from models.classifier import ImageClassifier
+    net = {"_target_": "models.SimpleNet", "width": 0.125, "num_classes": 100, "in_channels": 3}
+    many = ImageClassifier(net=net, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+    few = ImageClassifier(net=dict(net, num_classes=10), optimizer={"_target_": "torch.optim.SGD", "_partial_": True,
+                                                                    "lr": 0.1})
+    assert set(many.metrics["test_metrics"].keys()) == {"test/acc", "test/acc_top5"}
+    assert set(few.metrics["test_metrics"].keys()) == {"test/acc"}

@@ -205,3 +205,12 @@ def test_baseline_cache_trains_each_baseline_once(tmp_path):
     assert second["acc_baseline"] == first["acc_baseline"]
     run_prune(tmp_path, base + ["pruning/metric=mi", "seed=1"], "other_seed")
     assert len(list(cache.glob("*.ckpt"))) == 2  # another seed is another baseline
+
+
+def test_prune_py_on_an_already_pruned_checkpoint(tmp_path, baseline):
+    run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5"], "first")
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    again = run_prune(tmp_path, [f"ckpt_path={tmp_path / 'first' / 'final.ckpt'}", "pruning/metric=l1_in",
+                                 "pruning.target=0.5"], "second")
+    assert again["channels_before"] == first["channels_after"]  # widths read from the checkpoint, not the config
+    assert all(again["channels_after"][n] < w for n, w in again["channels_before"].items() if w > 1)

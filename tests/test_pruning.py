@@ -241,3 +241,24 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
         conv_out = net.features[0].conv(images)
     torch.testing.assert_close(bn.running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not net.training and bn.momentum == 0.1  # modes and momentum restored
+
+
+def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(trained_digits, tmp_path):
+    import pytorch_lightning as pl
+
+    from datamodules import DigitsDataModule
+    _, _, last = trained_digits
+    module = ImageClassifier.load_from_checkpoint(last)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
+    trainer.fit(module, datamodule=DigitsDataModule())
+    assert masked_channels_are_zero(layers, keep)  # the weights ddp_spawn hands back are still masked
+    slim_classifier(module, keep)
+    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
+    single = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    reloaded = ImageClassifier.load_from_checkpoint(path)
+    by_path = single.test(reloaded, datamodule=DigitsDataModule(), ckpt_path=str(path), weights_only=False)
+    direct = single.test(module, datamodule=DigitsDataModule())
+    assert by_path[0]["test/acc"] == pytest.approx(direct[0]["test/acc"], abs=1e-6)
