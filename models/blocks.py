@@ -27,3 +27,17 @@ def scaled_widths(base: Sequence[int], width: float, channels: Sequence[int] | N
     if width <= 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
     return [max(1, round(c * width)) for c in base]
+
+
+def conv_bn_relu_stack(in_channels: int, widths: Sequence[int], kernels: Sequence[int],
+                       pool_after: Sequence[int]) -> nn.Sequential:
+    """``ConvBNReLU`` blocks of the given widths and kernel sizes, each block in ``pool_after`` followed by 2x2 max
+    pooling."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for i, (out, k) in enumerate(zip(widths, kernels, strict=True)):
+        layers.append(ConvBNReLU(prev, out, k))
+        if i in pool_after:
+            layers.append(nn.MaxPool2d(2))
+        prev = out
+    return nn.Sequential(*layers)

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from models.blocks import ConvBNReLU, scaled_widths
+from models.blocks import conv_bn_relu_stack, scaled_widths
 
 #: Output channels of the 13 convolutions at width 1.0 (5,482,176 conv weights on RGB input).
 SIMPLENET_WIDTHS = (64, 128, 128, 128, 128, 128, 256, 256, 256, 512, 2048, 256, 256)
@@ -37,15 +37,8 @@ class SimpleNet(nn.Module):
     ) -> None:
         super().__init__()
         self.widths = scaled_widths(SIMPLENET_WIDTHS, width, channels)
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for i, (out, k) in enumerate(zip(self.widths, SIMPLENET_KERNELS)):
-            layers.append(ConvBNReLU(prev, out, k))
-            if i in pool_after:
-                layers.append(nn.MaxPool2d(2))
-            prev = out
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(prev, num_classes)
+        self.features = conv_bn_relu_stack(in_channels, self.widths, SIMPLENET_KERNELS, pool_after)
+        self.classifier = nn.Linear(self.widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from models.blocks import ConvBNReLU, scaled_widths
+from models.blocks import conv_bn_relu_stack, scaled_widths
 
 VGG16_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 VGG16_POOL_AFTER = (1, 3, 6, 9)
@@ -25,17 +25,10 @@ class VGG16BN(nn.Module):
     ) -> None:
         super().__init__()
         self.widths = scaled_widths(VGG16_WIDTHS, width, channels)
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for i, out in enumerate(self.widths):
-            layers.append(ConvBNReLU(prev, out))
-            if i in VGG16_POOL_AFTER:
-                layers.append(nn.MaxPool2d(2))
-            prev = out
-        self.features = nn.Sequential(*layers)
+        self.features = conv_bn_relu_stack(in_channels, self.widths, [3] * len(self.widths), VGG16_POOL_AFTER)
         hidden = max(1, round(512 * width))
         self.classifier = nn.Sequential(
-            nn.Linear(prev, hidden),
+            nn.Linear(self.widths[-1], hidden),
             nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
