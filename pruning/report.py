@@ -64,7 +64,34 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bar_plot(rows: list[dict], path: Path) -> Path:
+    """One target: bars per criterion (right after pruning, and after fine-tuning when there was one)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = sorted(rows, key=lambda r: -r["acc_finetuned"][0])
+    labels = [f"{r['metric']}\n({r['scope']}, {r['schedule']})" for r in rows]
+    tuned = any(r["acc_finetuned"] != r["acc_pruned"] for r in rows)
+    columns = [("acc_pruned", "right after pruning")] + ([("acc_finetuned", "after fine-tuning")] if tuned else [])
+    width = 0.8 / len(columns)
+    for i, (column, label) in enumerate(columns):
+        x = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(rows))]
+        ax.bar(x, [100 * r[column][0] for r in rows], width, yerr=[100 * r[column][1] for r in rows], capsize=3,
+               label=label)
+    ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"target {rows[0]['target']}: {100 * rows[0]['params_remaining'][0]:.1f}% of parameters remain",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict], path: Path) -> Path:
+    """Accuracy vs parameters remaining, one line per criterion; bars when the sweep has a single target."""
+    if len({r["target"] for r in rows}) == 1:
+        return bar_plot(rows, path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
