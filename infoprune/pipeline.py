@@ -44,7 +44,10 @@ def check_pruning_config(cfg: DictConfig) -> None:
     if cfg.pruning.scope.name not in SCOPES:
         raise ValueError(f"unknown pruning scope {cfg.pruning.scope.name!r}; choose one of {SCOPES}")
     plan_schedule(cfg.pruning.schedule.name, cfg.pruning.target, cfg.pruning.scope.name, ["layer"])
-    instantiate(cfg.pruning.metric)
+    metric = instantiate(cfg.pruning.metric)
+    if isinstance(metric, ConnectionCriterion) and metric.hcep_fraction >= 1.0 - float(cfg.pruning.target):
+        raise ValueError(f"HCEP keeps {metric.hcep_fraction:.0%} of every group, more than the target density "
+                         f"{1.0 - float(cfg.pruning.target):.0%}: lower pruning.metric.hcep_fraction or the target")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
 

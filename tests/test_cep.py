@@ -145,6 +145,12 @@ def test_sparse_round_trip_is_exact_and_bytes_shrink_with_density(encoding, tmp_
     assert sizes[2] < (tmp_path / "dense.pt").stat().st_size / 8
 
 
+def test_hcep_quota_above_the_target_density_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="HCEP keeps 5%"):
+        prune(compose_config("prune", FAST + ["pruning/metric=hcep", "pruning.target=0.96"], tmp_path / "run"))
+    assert not (tmp_path / "run" / "baseline").exists()
+
+
 def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
     base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
                    "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",
