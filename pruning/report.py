@@ -1,6 +1,6 @@
 """Aggregate a sweep of ``prune.py`` runs into a markdown table (mean +/- std over seeds, one row per metric, scope,
-schedule and target) and a plot (test accuracy vs fraction of parameters remaining, one line per metric; solid after
-fine-tuning, dashed right after pruning), written next to the sweep.
+schedule and target) and a plot (test accuracy vs fraction of parameters remaining, one line per metric; one panel
+after fine-tuning, one right after pruning; bars when the sweep has a single target), written next to the sweep.
 
     python -m pruning.report logs/prune/multiruns/<date>
 """
@@ -92,22 +92,23 @@ def plot(rows: list[dict], path: Path) -> Path:
     """Accuracy vs parameters remaining, one line per criterion; bars when the sweep has a single target."""
     if len({r["target"] for r in rows}) == 1:
         return bar_plot(rows, path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_metric[f"{r['metric']} ({r['scope']}, {r['schedule']})"].append(r)
-    for i, (label, members) in enumerate(sorted(by_metric.items())):
-        members.sort(key=lambda r: r["params_remaining"][0])
-        x = [100 * r["params_remaining"][0] for r in members]
-        color = f"C{i % 10}"
-        for column, style, suffix in (("acc_finetuned", "-o", ""), ("acc_pruned", "--x", " no fine-tune")):
-            y = [100 * r[column][0] for r in members]
-            err = [100 * r[column][1] for r in members]
-            ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, label=label + suffix)
-    ax.set_xlabel("parameters remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    for ax, column, title in zip(axes, ("acc_finetuned", "acc_pruned"), ("after fine-tuning", "right after pruning"),
+                                 strict=True):
+        for i, (label, members) in enumerate(sorted(by_metric.items())):
+            members.sort(key=lambda r: r["params_remaining"][0])
+            ax.errorbar([100 * r["params_remaining"][0] for r in members], [100 * r[column][0] for r in members],
+                        yerr=[100 * r[column][1] for r in members], fmt="-o", color=f"C{i % 10}", capsize=3,
+                        label=label)
+        ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("parameters remaining (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
