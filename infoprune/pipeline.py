@@ -17,18 +17,22 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from rich.console import Console
+from rich.table import Table
 
 from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from callbacks.channel_scores import ChannelScoring
 from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
+from infoprune.io import atomic_save
 from infoprune.training import best_checkpoint, build_datamodule, build_model, check_checkpoint_fits, read_checkpoint
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.batchnorm import recalibrate_batchnorm
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from pruning.cost import PruningCost, output_positions
+from pruning.distributed import rank_and_world_size
 from pruning.layers import find_prunable_layers
-from pruning.metrics import Entropy, MutualInformation
+from pruning.metrics import ChannelScorer, Entropy, MutualInformation
 from pruning.schedule import PruningStep, plan_schedule
 from pruning.selection import check_amount, select_global, select_layerwise
 from pruning.sparse import save_sparse
@@ -38,8 +42,9 @@ log = logging.getLogger(__name__)
 SCOPES = ("layerwise", "global")
 
 
-def check_pruning_config(cfg: DictConfig) -> None:
-    """Reject a bad pruning config before any work: target, scope, schedule and metric."""
+def check_pruning_config(cfg: DictConfig) -> ChannelScorer | ConnectionCriterion:
+    """Reject a bad pruning config before any work (target, scope, schedule, metric, checkpoint); returns the
+    metric."""
     check_amount(cfg.pruning.target, "pruning.target")
     if cfg.pruning.scope.name not in SCOPES:
         raise ValueError(f"unknown pruning scope {cfg.pruning.scope.name!r}; choose one of {SCOPES}")
@@ -50,6 +55,7 @@ def check_pruning_config(cfg: DictConfig) -> None:
                          f"{1.0 - float(cfg.pruning.target):.0%}: lower pruning.metric.hcep_fraction or the target")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
+    return metric
 
 
 def resume_key(cfg: DictConfig) -> dict:
@@ -89,14 +95,13 @@ def baseline_lock(cache: Path | None, enabled: bool):
 class PruningRun:
     """One pruning job: its config, datamodule, loggers and output directory."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, metric: ChannelScorer | ConnectionCriterion) -> None:
+        self.cfg, self.metric = cfg, metric
         self.out = Path(cfg.paths.output_dir)
         self.datamodule = build_datamodule(cfg)
         self.loggers = instantiate_group(cfg.get("logger"))
         for logger in self.loggers:
             logger.log_hyperparams(flatten(resolved(cfg)))
-        self.metric = instantiate(cfg.pruning.metric)
 
     # -- trainers ----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None) -> pl.Trainer:
@@ -109,8 +114,10 @@ class PruningRun:
                 if isinstance(entry, DictConfig) and "dirpath" in entry:
                     entry.dirpath = str(self.out / phase / "checkpoints")
             group = instantiate_group(callbacks_cfg)
-        elif self.cfg.get("callbacks"):
-            group = [c for c in instantiate_group(self.cfg.callbacks) if isinstance(c, pl.callbacks.ProgressBar)]
+        elif self.cfg.get("callbacks"):  # evaluation phases keep only the progress bar
+            bars = {k: v for k, v in self.cfg.callbacks.items()
+                    if isinstance(v, DictConfig) and str(v.get("_target_", "")).endswith("ProgressBar")}
+            group = instantiate_group(OmegaConf.create(resolved(OmegaConf.create(bars))))
         return instantiate(self.cfg.trainer, max_epochs=max_epochs, callbacks=group + list(callbacks or []),
                            logger=self.loggers if fit else False, enable_checkpointing=fit,
                            default_root_dir=str(self.out / phase))
@@ -301,15 +308,16 @@ class PruningRun:
         saved_flops = sum(2 * int((~masks[n]).sum()) * positions[m] for n, m in layers.items())
         params = count_parameters(model.net)
         removed = sum(int((~mask).sum()) for mask in masks.values())
+        connections = sum(mask.numel() for mask in masks.values())
         summary = {"params_before": params, "params_after": params - removed,
                    "params_remaining": (params - removed) / params, "flops_before": dense_flops,
                    "flops_after": dense_flops - saved_flops, "flops_remaining": (dense_flops - saved_flops) / dense_flops,
                    "flops_reduction": dense_flops / max(dense_flops - saved_flops, 1),
-                   "density": sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())}
+                   "density": (connections - removed) / connections}
         if self.is_global_zero():
-            state_dict = {k: v for k, v in model.net.state_dict().items()}
+            state_dict = model.net.state_dict()
             sparse_keys = [f"{n}.weight" for n in layers]
-            torch.save(state_dict, self.out / "dense_weights.pt")
+            atomic_save(state_dict, self.out / "dense_weights.pt")
             for encoding in ("absolute", "relative8"):
                 save_sparse(state_dict, sparse_keys, self.out / f"sparse_{encoding}.pt", indices=encoding)
                 summary[f"bytes_sparse_{encoding}"] = (self.out / f"sparse_{encoding}.pt").stat().st_size
@@ -317,8 +325,9 @@ class PruningRun:
             summary["storage_reduction"] = summary["bytes_dense"] / summary["bytes_sparse_relative8"]
         return summary
 
-    def is_global_zero(self) -> bool:
-        return torch.distributed.get_rank() == 0 if torch.distributed.is_initialized() else True
+    @staticmethod
+    def is_global_zero() -> bool:
+        return rank_and_world_size()[0] == 0
 
     def finish(self, model: ImageClassifier, state: dict[str, Any]) -> dict[str, Any]:
         """Save the final slimmed network and ``results.json``, log the summary, print the table."""
@@ -362,8 +371,7 @@ def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> 
 
 
 def print_results(results: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The per-layer table and the accuracy/size table of a finished run."""
     summary = PruningSummary(results["channels_before"], results["channels_after"], int(results["params_before"]),
                              int(results["params_after"]), int(results["flops_before"]), int(results["flops_after"]))
     console = Console()
@@ -382,8 +390,8 @@ def print_results(results: dict[str, Any]) -> None:
 
 def prune(cfg: DictConfig) -> dict[str, Any]:
     """Run the pruning pipeline of ``cfg`` (after checking it), returning ``results.json``'s content."""
-    check_pruning_config(cfg)
+    metric = check_pruning_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_dir=cfg.paths.output_dir)
-    return PruningRun(cfg).run()
+    return PruningRun(cfg, metric).run()

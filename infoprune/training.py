@@ -15,6 +15,8 @@ from infoprune.config import flatten, instantiate_group, print_config_tree, reso
 from models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
+# TF32 matrix multiplies on GPUs that have them (no effect on the CPU)
+torch.set_float32_matmul_precision("high")
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
@@ -110,5 +112,3 @@ def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
         raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
     return metrics[name]
 
-
-torch.set_float32_matmul_precision("high")

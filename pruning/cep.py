@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruning.distributed import all_reduce
+from pruning.layers import preserved_modes
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -47,43 +48,44 @@ def current_weight(module: nn.Module) -> torch.Tensor:
 
 def connection_errors(model: nn.Module, layers: dict[str, nn.Module], batches: Batches, order: int = 1,
                       ) -> dict[str, torch.Tensor]:
-    """Cross-entropy error of every connection of ``layers`` over ``batches()`` (summed over processes)."""
+    """Cross-entropy error of every connection of ``layers`` over ``batches()`` (summed over processes).
+
+    Per batch ``b`` with gradient ``g_b`` of the loss: order 1 accumulates ``|w * g_b|``; order 2 accumulates
+    ``g_b`` and ``g_b^2`` for ``|-w * mean(g) + 0.5 * w^2 * mean(g^2)|``."""
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
     params = {n: (m.weight_orig if hasattr(m, "weight_orig") else m.weight) for n, m in layers.items()}
-    abs_wg = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    grad_sum = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    grad_sq = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    sums = {n: torch.zeros((order,) + tuple(p.shape), dtype=torch.float64, device=p.device)
+            for n, p in params.items()}
     batches_seen = torch.zeros(1, dtype=torch.float64, device=next(model.parameters()).device)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        for images, labels in batches():
+    with preserved_modes(model):
+        model.eval()
+        try:
+            for images, labels in batches():
+                model.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    F.cross_entropy(model(images), labels).backward()
+                for n, module in layers.items():
+                    g = params[n].grad.double()
+                    if hasattr(module, "weight_mask"):
+                        g = g * module.weight_mask
+                    if order == 1:
+                        sums[n][0] += (current_weight(module).double() * g).abs()
+                    else:
+                        sums[n][0] += g
+                        sums[n][1] += g * g
+                batches_seen += 1
+        finally:
             model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                F.cross_entropy(model(images), labels).backward()
-            for n, module in layers.items():
-                g = params[n].grad.double()
-                if hasattr(module, "weight_mask"):
-                    g = g * module.weight_mask
-                w = current_weight(module).double()
-                abs_wg[n] += (w * g).abs()
-                grad_sum[n] += g
-                grad_sq[n] += g * g
-            batches_seen += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        for module, training in modes.items():
-            module.training = training
     count = all_reduce(batches_seen, "sum").clamp_min(1)
     errors = {}
     for n, module in layers.items():
+        means = all_reduce(sums[n], "sum") / count
         if order == 1:
-            errors[n] = all_reduce(abs_wg[n], "sum") / count
+            errors[n] = means[0]
         else:
             w = current_weight(module).double()
-            mean_g, mean_g2 = all_reduce(grad_sum[n], "sum") / count, all_reduce(grad_sq[n], "sum") / count
-            errors[n] = (-w * mean_g + 0.5 * w * w * mean_g2).abs()
+            errors[n] = (-w * means[0] + 0.5 * w * w * means[1]).abs()
     return errors
 
 
