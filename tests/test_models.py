@@ -75,8 +75,12 @@ def test_every_model_config_composes_and_runs_forward_backward(make_cfg, name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    optimizer = model.configure_optimizers()
-    assert optimizer is not None
+    configured = model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert optimizer.param_groups[0]["lr"] == cfg.model.optimizer.lr
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters())
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
 def test_top5_accuracy_is_tracked_only_beyond_ten_classes():

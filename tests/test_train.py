@@ -1,6 +1,7 @@
 """train.py: fast_dev_run of every network, a digits run that learns, resume, W&B offline, DDP on CPU, bad input."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def test_fast_dev_run_simplenet_and_lenet5_on_digits(make_cfg):
     for model in ("model=simplenet_digits", "model=lenet5"):
         extra = ["model.net.input_size=8", "model.net.padding=2"] if model.endswith("lenet5") else []
         metrics = train(make_cfg(FDR + [model] + extra))
-        assert 0.0 <= metrics["test/acc"] <= 1.0
+        assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["train/loss_step"])
 
 
 @pytest.mark.parametrize("model", ["vgg16_bn", "resnet56"])
@@ -37,7 +38,7 @@ def test_fast_dev_run_alexnet_on_image_folder(make_cfg, tmp_path):
     metrics = train(make_cfg(FDR + ["model=alexnet", "datamodule=imagenet", f"datamodule.data_dir={tmp_path / 'data'}",
                                     "datamodule.num_classes=3", "datamodule.image_size=64", "datamodule.num_workers=0",
                                     "datamodule.batch_size=4", "datamodule.val_fraction=0.25"]))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["train/loss_step"])
 
 
 def test_digits_default_learns_and_returns_the_optimized_metric(make_cfg, tmp_path):
