@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class PruningRun:
 
     def __init__(self, cfg: DictConfig, metric: ChannelScorer | ConnectionCriterion) -> None:
         self.cfg, self.metric = cfg, metric
+        self.started = time.perf_counter()
         self.out = Path(cfg.paths.output_dir)
         self.datamodule = build_datamodule(cfg)
         self.loggers = instantiate_group(cfg.get("logger"))
@@ -341,6 +343,7 @@ class PruningRun:
             "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
+            "wall_s": time.perf_counter() - self.started,
         }
         if self.is_global_zero():
             save_weights_checkpoint(model, self.out / "final.ckpt")

@@ -1,8 +1,9 @@
-"""Aggregate a sweep of ``prune.py`` runs into a markdown table (mean +/- std over seeds, one row per metric, scope,
-schedule and target) and a plot (test accuracy vs fraction of parameters remaining, one line per metric; one panel
-after fine-tuning, one right after pruning; bars when the sweep has a single target), written next to the sweep.
+"""Aggregate one or more sweeps of ``prune.py`` runs into a markdown table (mean +/- std over seeds, one row per
+metric, scope, schedule and target, best fine-tuned accuracy first) and a plot (test accuracy vs fraction of
+parameters remaining, one line per metric; one panel after fine-tuning, one right after pruning; bars when there is a
+single target). Written next to the first sweep, or to ``--out <prefix>`` (``<prefix>.md`` and ``<prefix>.png``).
 
-    python -m pruning.report logs/prune/multiruns/<date>
+    python -m pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
 """
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
+OPTIONAL = ("storage_reduction", "wall_s")
 
 
-def load_runs(sweep_dir: str | Path) -> list[dict]:
-    """Every ``results.json`` under ``sweep_dir``."""
-    runs = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).rglob("results.json"))]
-    if not runs:
-        raise FileNotFoundError(f"no results.json under {sweep_dir}: is it a prune.py run or multirun directory?")
+def load_runs(*sweep_dirs: str | Path) -> list[dict]:
+    """Every ``results.json`` under the given directories."""
+    runs = []
+    for sweep_dir in sweep_dirs:
+        found = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).rglob("results.json"))]
+        if not found:
+            raise FileNotFoundError(f"no results.json under {sweep_dir}: is it a prune.py run or multirun directory?")
+        runs += found
     return runs
 
 
@@ -39,27 +44,32 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for run in runs:
         groups[tuple(run[k] for k in GROUP)].append(run)
     rows = []
-    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
-        row = dict(zip(GROUP, key), seeds=sorted(m.get("seed") for m in members))
+    for key, members in groups.items():
+        row = dict(zip(GROUP, key, strict=True), seeds=sorted(m.get("seed") for m in members))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
-        if all("storage_reduction" in m for m in members):
-            row["storage_reduction"] = mean_std([m["storage_reduction"] for m in members])
+        for optional in OPTIONAL:
+            if all(optional in m for m in members):
+                row[optional] = mean_std([m[optional] for m in members])
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: (r["scope"], r["schedule"], r["target"], -r["acc_finetuned"][0]))
 
 
 def markdown_table(rows: list[dict]) -> str:
     storage = any("storage_reduction" in r for r in rows)
+    timed = any("wall_s" in r for r in rows)
     header = ("| metric | scope | schedule | target | seeds | baseline | pruned (no fine-tune) | fine-tuned "
-              "| params left | FLOPs left |" + (" storage smaller by |" if storage else ""))
-    lines = [header, "|" + "---|" * (11 if storage else 10)]
+              "| params left | FLOPs left |" + (" storage smaller by |" if storage else "")
+              + (" minutes per job |" if timed else ""))
+    lines = [header, "|" + "---|" * (10 + storage + timed)]
     for r in rows:
         acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
         line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | {len(r['seeds'])} | "
                 f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
         if storage:
             line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
+        if timed:
+            line += f" {r['wall_s'][0] / 60:.1f} |" if "wall_s" in r else " - |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -115,20 +125,24 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.png`` into ``sweep_dir``; returns their paths."""
-    sweep_dir = Path(sweep_dir)
-    rows = aggregate(load_runs(sweep_dir))
-    table = sweep_dir / "report.md"
-    table.write_text(f"# Pruning sweep: {sweep_dir}\n\nTest accuracy in %, mean ± std over seeds.\n\n"
-                     + markdown_table(rows) + "\n![accuracy vs parameters](report.png)\n")
-    return table, plot(rows, sweep_dir / "report.png")
+def write_report(*sweep_dirs: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``); returns their paths."""
+    prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
+    rows = aggregate(load_runs(*sweep_dirs))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
+    sources = ", ".join(str(d) for d in sweep_dirs)
+    table.write_text(f"# Pruning sweep: {sources}\n\nTest accuracy in %, mean ± std over seeds.\n\n"
+                     + markdown_table(rows) + f"\n![accuracy vs parameters]({figure.name})\n")
+    return table, plot(rows, figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", help="a prune.py multirun (or run) directory")
-    table, figure = write_report(parser.parse_args().sweep_dir)
+    parser.add_argument("sweep_dirs", nargs="+", help="prune.py multirun (or run) directories")
+    parser.add_argument("--out", help="path prefix of the report files (default: <first sweep dir>/report)")
+    args = parser.parse_args()
+    table, figure = write_report(*args.sweep_dirs, out=args.out)
     print(table.read_text())
     print(f"written: {table} and {figure}")
 

@@ -1,0 +1,56 @@
+"""The sweep report: runs from several directories aggregated per (metric, scope, schedule, target) with mean and
+sample std over seeds (checked against numpy), best fine-tuned first, and written where --out says."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pruning.report import aggregate, load_runs
+
+ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
+       ("l1_out", 0.7): [0.58, 0.57, 0.60]}
+
+
+def write_sweeps(root):
+    """Two sweep directories (one per target), three seeds each, with made-up accuracies."""
+    dirs = []
+    for target in (0.5, 0.7):
+        sweep = root / f"sweep_{target}"
+        for job, ((metric, t), accs) in enumerate((k, v) for k, v in ACC.items() if k[1] == target):
+            for seed, acc in enumerate(accs):
+                out = sweep / f"{job}_{seed}"
+                out.mkdir(parents=True)
+                run = {"metric": metric, "scope": "layerwise", "schedule": "oneshot", "target": t, "seed": seed,
+                       "acc_baseline": 0.8, "acc_pruned": acc - 0.2, "acc_finetuned": acc,
+                       "params_remaining": 1 - t, "flops_remaining": 1 - t, "wall_s": 60.0 * (seed + 1)}
+                (out / "results.json").write_text(json.dumps(run))
+        dirs.append(sweep)
+    return dirs
+
+
+def test_aggregate_over_directories_matches_numpy(tmp_path):
+    rows = aggregate(load_runs(*write_sweeps(tmp_path)))
+    assert [(r["metric"], r["target"]) for r in rows] == [("l1_out", 0.5), ("mi", 0.5), ("l1_out", 0.7), ("mi", 0.7)]
+    for row in rows:
+        accs = np.array(ACC[(row["metric"], row["target"])])
+        assert row["acc_finetuned"] == pytest.approx((accs.mean(), accs.std(ddof=1)))
+        assert row["seeds"] == [0, 1, 2] and row["wall_s"][0] == pytest.approx(120.0)
+
+
+def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
+    dirs = write_sweeps(tmp_path)
+    prefix = tmp_path / "docs" / "table"
+    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, dirs), "--out", str(prefix)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "docs" / "table.md").read_text()
+    assert "| l1_out | layerwise | oneshot | 0.5 | 3 | 80.00 ± 0.00 | 50.33 ± 1.53 | 70.33 ± 1.53 |" in text
+    assert "minutes per job" in text and "(table.png)" in text
+    assert (tmp_path / "docs" / "table.png").stat().st_size > 1000
+
+
+def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        load_runs(tmp_path)
