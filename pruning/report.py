@@ -2,8 +2,11 @@
 metric, scope, schedule and target, best fine-tuned accuracy first) and a plot (test accuracy vs fraction of
 parameters remaining, one line per metric; one panel after fine-tuning, one right after pruning; bars when there is a
 single target). Written next to the first sweep, or to ``--out <prefix>`` (``<prefix>.md`` and ``<prefix>.png``).
+``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
+sweep over ``pruning.stats.bins``.
 
     python -m pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
+        [--by pruning.stats.bins pruning.stats.num_images]
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,14 +27,24 @@ COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "f
 OPTIONAL = ("storage_reduction", "wall_s")
 
 
-def load_runs(*sweep_dirs: str | Path) -> list[dict]:
-    """Every ``results.json`` under the given directories."""
+def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
+    """Every ``results.json`` under the given directories; each ``by`` key (dotted config path) is added to its run
+    from the job's ``config_resolved.yaml``."""
     runs = []
     for sweep_dir in sweep_dirs:
-        found = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).rglob("results.json"))]
-        if not found:
+        files = sorted(Path(sweep_dir).rglob("results.json"))
+        if not files:
             raise FileNotFoundError(f"no results.json under {sweep_dir}: is it a prune.py run or multirun directory?")
-        runs += found
+        for file in files:
+            run = json.loads(file.read_text())
+            if by:
+                config = OmegaConf.load(file.with_name("config_resolved.yaml"))
+                for key in by:
+                    value = OmegaConf.select(config, key, default=KeyError)
+                    if value is KeyError:
+                        raise KeyError(f"{key!r} is not in {file.with_name('config_resolved.yaml')}")
+                    run[key] = value
+            runs.append(run)
     return runs
 
 
@@ -38,33 +52,43 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (metric, scope, schedule, target): mean and std over seeds of every column, and the seeds."""
+def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
+    """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds."""
+    keys = GROUP + tuple(by)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[tuple(run[k] for k in GROUP)].append(run)
+        groups[tuple(run[k] for k in keys)].append(run)
     rows = []
     for key, members in groups.items():
-        row = dict(zip(GROUP, key, strict=True), seeds=sorted(m.get("seed") for m in members))
+        row = dict(zip(keys, key, strict=True), by=tuple(by), seeds=sorted(m.get("seed") for m in members))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
         for optional in OPTIONAL:
             if all(optional in m for m in members):
                 row[optional] = mean_std([m[optional] for m in members])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["scope"], r["schedule"], r["target"], -r["acc_finetuned"][0]))
+    return sorted(rows, key=lambda r: (r["scope"], r["schedule"], r["target"], *(r[k] for k in by),
+                                       -r["acc_finetuned"][0]))
+
+
+def label(row: dict) -> str:
+    """``metric (scope, schedule[, key=value ...])``: one plotted line."""
+    extra = "".join(f", {k.rsplit('.', 1)[-1]}={row[k]}" for k in row["by"])
+    return f"{row['metric']} ({row['scope']}, {row['schedule']}{extra})"
 
 
 def markdown_table(rows: list[dict]) -> str:
     storage = any("storage_reduction" in r for r in rows)
     timed = any("wall_s" in r for r in rows)
-    header = ("| metric | scope | schedule | target | seeds | baseline | pruned (no fine-tune) | fine-tuned "
-              "| params left | FLOPs left |" + (" storage smaller by |" if storage else "")
-              + (" minutes per job |" if timed else ""))
-    lines = [header, "|" + "---|" * (10 + storage + timed)]
+    by = rows[0]["by"] if rows else ()
+    header = ("| metric | scope | schedule | target | " + "".join(f"{k} | " for k in by)
+              + "seeds | baseline | pruned (no fine-tune) | fine-tuned | params left | FLOPs left |"
+              + (" storage smaller by |" if storage else "") + (" minutes per job |" if timed else ""))
+    lines = [header, "|" + "---|" * (10 + len(by) + storage + timed)]
     for r in rows:
         acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
-        line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | {len(r['seeds'])} | "
+        line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
+                + "".join(f"{r[k]} | " for k in by) + f"{len(r['seeds'])} | "
                 f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
         if storage:
             line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
@@ -78,7 +102,7 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     """One target: bars per criterion (right after pruning, and after fine-tuning when there was one)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = sorted(rows, key=lambda r: -r["acc_finetuned"][0])
-    labels = [f"{r['metric']}\n({r['scope']}, {r['schedule']})" for r in rows]
+    labels = [label(r).replace(" (", "\n(") for r in rows]
     tuned = any(r["acc_finetuned"] != r["acc_pruned"] for r in rows)
     columns = [("acc_pruned", "right after pruning")] + ([("acc_finetuned", "after fine-tuning")] if tuned else [])
     width = 0.8 / len(columns)
@@ -105,14 +129,14 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_metric[f"{r['metric']} ({r['scope']}, {r['schedule']})"].append(r)
+        by_metric[label(r)].append(r)
     for ax, column, title in zip(axes, ("acc_finetuned", "acc_pruned"), ("after fine-tuning", "right after pruning"),
                                  strict=True):
-        for i, (label, members) in enumerate(sorted(by_metric.items())):
+        for i, (name, members) in enumerate(sorted(by_metric.items())):
             members.sort(key=lambda r: r["params_remaining"][0])
             ax.errorbar([100 * r["params_remaining"][0] for r in members], [100 * r[column][0] for r in members],
                         yerr=[100 * r[column][1] for r in members], fmt="-o", color=f"C{i % 10}", capsize=3,
-                        label=label)
+                        label=name)
         ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("parameters remaining (%)")
@@ -125,10 +149,10 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(*sweep_dirs: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``); returns their paths."""
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
-    rows = aggregate(load_runs(*sweep_dirs))
+    rows = aggregate(load_runs(*sweep_dirs, by=tuple(by)), by=tuple(by))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
     sources = ", ".join(str(d) for d in sweep_dirs)
@@ -141,8 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dirs", nargs="+", help="prune.py multirun (or run) directories")
     parser.add_argument("--out", help="path prefix of the report files (default: <first sweep dir>/report)")
+    parser.add_argument("--by", nargs="+", default=[], help="config keys to group by as well (dotted paths)")
     args = parser.parse_args()
-    table, figure = write_report(*args.sweep_dirs, out=args.out)
+    table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by))
     print(table.read_text())
     print(f"written: {table} and {figure}")
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pruning.report import aggregate, load_runs
+from pruning.report import aggregate, label, load_runs, markdown_table
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -26,6 +26,7 @@ def write_sweeps(root):
                        "acc_baseline": 0.8, "acc_pruned": acc - 0.2, "acc_finetuned": acc,
                        "params_remaining": 1 - t, "flops_remaining": 1 - t, "wall_s": 60.0 * (seed + 1)}
                 (out / "results.json").write_text(json.dumps(run))
+                (out / "config_resolved.yaml").write_text(f"pruning:\n  stats:\n    bins: {8 * (1 + seed % 2)}\n")
         dirs.append(sweep)
     return dirs
 
@@ -54,3 +55,16 @@ def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
 def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_runs(tmp_path)
+
+
+def test_grouping_by_a_config_key_splits_rows_and_labels_them(tmp_path):
+    dirs = write_sweeps(tmp_path)
+    runs = load_runs(*dirs, by=("pruning.stats.bins",))
+    rows = aggregate(runs, by=("pruning.stats.bins",))
+    mi = {r["pruning.stats.bins"]: r for r in rows if r["metric"] == "mi" and r["target"] == 0.5}
+    assert mi[8]["seeds"] == [0, 2] and mi[16]["seeds"] == [1]
+    assert mi[8]["acc_finetuned"][0] == pytest.approx(np.mean([0.61, 0.60]))
+    assert label(mi[16]) == "mi (layerwise, oneshot, bins=16)"
+    assert "| pruning.stats.bins |" in markdown_table(rows)
+    with pytest.raises(KeyError, match="pruning.stats.nope"):
+        load_runs(*dirs, by=("pruning.stats.nope",))
