@@ -6,7 +6,7 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 sweep over ``pruning.stats.bins``.
 
     python -m pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
-        [--by pruning.stats.bins pruning.stats.num_images]
+        [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi_l1_out]
 """
 from __future__ import annotations
 
@@ -149,10 +149,15 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``); returns their paths."""
+def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = (),
+                 metrics: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``) over the runs of ``metrics`` (default
+    all); returns their paths."""
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
-    rows = aggregate(load_runs(*sweep_dirs, by=tuple(by)), by=tuple(by))
+    runs = [r for r in load_runs(*sweep_dirs, by=tuple(by)) if not metrics or r["metric"] in metrics]
+    if not runs:
+        raise ValueError(f"no runs of the metrics {list(metrics)} under {[str(d) for d in sweep_dirs]}")
+    rows = aggregate(runs, by=tuple(by))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
     sources = ", ".join(str(d) for d in sweep_dirs)
@@ -166,8 +171,9 @@ def main() -> None:
     parser.add_argument("sweep_dirs", nargs="+", help="prune.py multirun (or run) directories")
     parser.add_argument("--out", help="path prefix of the report files (default: <first sweep dir>/report)")
     parser.add_argument("--by", nargs="+", default=[], help="config keys to group by as well (dotted paths)")
+    parser.add_argument("--metrics", nargs="+", default=[], help="only these metrics (names as in results.json)")
     args = parser.parse_args()
-    table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by))
+    table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics))
     print(table.read_text())
     print(f"written: {table} and {figure}")
 

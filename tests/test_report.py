@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pruning.report import aggregate, label, load_runs, markdown_table
+from pruning.report import aggregate, label, load_runs, markdown_table, write_report
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -43,11 +43,12 @@ def test_aggregate_over_directories_matches_numpy(tmp_path):
 def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
     dirs = write_sweeps(tmp_path)
     prefix = tmp_path / "docs" / "table"
-    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, dirs), "--out", str(prefix)],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, dirs), "--out", str(prefix),
+                             "--metrics", "l1_out"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "docs" / "table.md").read_text()
     assert "| l1_out | layerwise | oneshot | 0.5 | 3 | 80.00 ± 0.00 | 50.33 ± 1.53 | 70.33 ± 1.53 |" in text
+    assert "| mi |" not in text
     assert "minutes per job" in text and "(table.png)" in text
     assert (tmp_path / "docs" / "table.png").stat().st_size > 1000
 
@@ -55,6 +56,8 @@ def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
 def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_runs(tmp_path)
+    with pytest.raises(ValueError, match="no runs of the metrics"):
+        write_report(*write_sweeps(tmp_path), metrics=("entropy",))
 
 
 def test_grouping_by_a_config_key_splits_rows_and_labels_them(tmp_path):
