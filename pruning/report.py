@@ -106,10 +106,10 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     tuned = any(r["acc_finetuned"] != r["acc_pruned"] for r in rows)
     columns = [("acc_pruned", "right after pruning")] + ([("acc_finetuned", "after fine-tuning")] if tuned else [])
     width = 0.8 / len(columns)
-    for i, (column, label) in enumerate(columns):
+    for i, (column, legend) in enumerate(columns):
         x = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(rows))]
         ax.bar(x, [100 * r[column][0] for r in rows], width, yerr=[100 * r[column][1] for r in rows], capsize=3,
-               label=label)
+               label=legend)
     ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("test accuracy (%)")

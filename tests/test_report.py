@@ -69,5 +69,7 @@ def test_grouping_by_a_config_key_splits_rows_and_labels_them(tmp_path):
     assert mi[8]["acc_finetuned"][0] == pytest.approx(np.mean([0.61, 0.60]))
     assert label(mi[16]) == "mi (layerwise, oneshot, bins=16)"
     assert "| pruning.stats.bins |" in markdown_table(rows)
+    table, figure = write_report(dirs[0], out=tmp_path / "one_target", by=("pruning.stats.bins",))
+    assert figure.stat().st_size > 1000 and "bins=16" not in table.read_text()  # bars, labelled in the plot only
     with pytest.raises(KeyError, match="pruning.stats.nope"):
         load_runs(*dirs, by=("pruning.stats.nope",))
