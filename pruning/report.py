@@ -99,23 +99,26 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def bar_plot(rows: list[dict], path: Path) -> Path:
-    """One target: bars per criterion (right after pruning, and after fine-tuning when there was one)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = sorted(rows, key=lambda r: -r["acc_finetuned"][0])
-    labels = [label(r).replace(" (", "\n(") for r in rows]
-    tuned = any(r["acc_finetuned"] != r["acc_pruned"] for r in rows)
-    columns = [("acc_pruned", "right after pruning")] + ([("acc_finetuned", "after fine-tuning")] if tuned else [])
-    width = 0.8 / len(columns)
-    for i, (column, legend) in enumerate(columns):
-        x = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(x, [100 * r[column][0] for r in rows], width, yerr=[100 * r[column][1] for r in rows], capsize=3,
-               label=legend)
-    ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("test accuracy (%)")
+    """One target: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
+    fine-tuning for the rows that were fine-tuned."""
+    rows = sorted(rows, key=lambda r: (r["acc_finetuned"][0], r["acc_pruned"][0]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    y = list(range(len(rows)))
+    tuned = [j for j, r in enumerate(rows) if r["acc_finetuned"] != r["acc_pruned"]]
+    height = 0.4 if tuned else 0.7
+    ax.barh([j - height / 2 if j in tuned else j for j in y], [100 * r["acc_pruned"][0] for r in rows], height,
+            xerr=[100 * r["acc_pruned"][1] for r in rows], capsize=3, color="C0", label="right after pruning")
+    if tuned:
+        ax.barh([j + height / 2 for j in tuned], [100 * rows[j]["acc_finetuned"][0] for j in tuned], height,
+                xerr=[100 * rows[j]["acc_finetuned"][1] for j in tuned], capsize=3, color="C1",
+                label="after fine-tuning")
+    ax.axvline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
+    ax.set_yticks(y, [label(r) for r in rows], fontsize=8)
+    ax.set_xlabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"target {rows[0]['target']}: {100 * rows[0]['params_remaining'][0]:.1f}% of parameters remain",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
