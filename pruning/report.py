@@ -28,8 +28,8 @@ OPTIONAL = ("storage_reduction", "wall_s")
 
 
 def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
-    """Every ``results.json`` under the given directories; each ``by`` key (dotted config path) is added to its run
-    from the job's ``config_resolved.yaml``."""
+    """Every ``results.json`` under the given directories, with its directory as ``run_dir``; each ``by`` key
+    (dotted config path) is added to its run from the job's ``config_resolved.yaml``."""
     runs = []
     for sweep_dir in sweep_dirs:
         files = sorted(Path(sweep_dir).rglob("results.json"))
@@ -37,6 +37,7 @@ def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
             raise FileNotFoundError(f"no results.json under {sweep_dir}: is it a prune.py run or multirun directory?")
         for file in files:
             run = json.loads(file.read_text())
+            run["run_dir"] = str(file.parent)
             if by:
                 config = OmegaConf.load(file.with_name("config_resolved.yaml"))
                 for key in by:
