@@ -54,7 +54,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
-    """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds."""
+    """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds.
+    ``finetuned`` says whether any run of the row was fine-tuned (its fine-tuned accuracy differs from its pruned
+    one); ``acc_finetuned`` is then over those runs only, else it repeats the pruned accuracy."""
     keys = GROUP + tuple(by)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -64,6 +66,10 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         row = dict(zip(keys, key, strict=True), by=tuple(by), seeds=sorted(m.get("seed") for m in members))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
+        tuned = [m for m in members if m["acc_finetuned"] != m["acc_pruned"]]
+        row["finetuned"] = bool(tuned)
+        if tuned:
+            row["acc_finetuned"] = mean_std([m["acc_finetuned"] for m in tuned])
         for optional in OPTIONAL:
             if all(optional in m for m in members):
                 row[optional] = mean_std([m[optional] for m in members])
@@ -88,6 +94,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [header, "|" + "---|" * (10 + len(by) + storage + timed)]
     for r in rows:
         acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
+        acc[2] = acc[2] if r["finetuned"] else "-"
         line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
                 + "".join(f"{r[k]} | " for k in by) + f"{len(r['seeds'])} | "
                 f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
@@ -105,7 +112,7 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     rows = sorted(rows, key=lambda r: (r["acc_finetuned"][0], r["acc_pruned"][0]))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
     y = list(range(len(rows)))
-    tuned = [j for j, r in enumerate(rows) if r["acc_finetuned"] != r["acc_pruned"]]
+    tuned = [j for j, r in enumerate(rows) if r["finetuned"]]
     height = 0.4 if tuned else 0.7
     ax.barh([j - height / 2 if j in tuned else j for j in y], [100 * r["acc_pruned"][0] for r in rows], height,
             xerr=[100 * r["acc_pruned"][1] for r in rows], capsize=3, color="C0", label="right after pruning")
@@ -137,7 +144,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     for ax, column, title in zip(axes, ("acc_finetuned", "acc_pruned"), ("after fine-tuning", "right after pruning"),
                                  strict=True):
         for i, (name, members) in enumerate(sorted(by_metric.items())):
-            members.sort(key=lambda r: r["params_remaining"][0])
+            members = sorted((r for r in members if column == "acc_pruned" or r["finetuned"]),
+                             key=lambda r: r["params_remaining"][0])
             ax.errorbar([100 * r["params_remaining"][0] for r in members], [100 * r[column][0] for r in members],
                         yerr=[100 * r[column][1] for r in members], fmt="-o", color=f"C{i % 10}", capsize=3,
                         label=name)

@@ -73,3 +73,16 @@ def test_grouping_by_a_config_key_splits_rows_and_labels_them(tmp_path):
     assert figure.stat().st_size > 1000 and "bins=16" not in table.read_text()  # bars, labelled in the plot only
     with pytest.raises(KeyError, match="pruning.stats.nope"):
         load_runs(*dirs, by=("pruning.stats.nope",))
+
+
+def test_rows_without_fine_tuning_are_marked_and_mixed_rows_average_only_tuned_runs():
+    base = {"scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8,
+            "params_remaining": 0.3, "flops_remaining": 0.3}
+    runs = [dict(base, metric="mi", seed=0, acc_pruned=0.3, acc_finetuned=0.3),
+            dict(base, metric="l1_out", seed=0, acc_pruned=0.3, acc_finetuned=0.6),
+            dict(base, metric="l1_out", seed=1, acc_pruned=0.4, acc_finetuned=0.4)]
+    rows = {r["metric"]: r for r in aggregate(runs)}
+    assert not rows["mi"]["finetuned"] and rows["l1_out"]["finetuned"]
+    assert rows["l1_out"]["acc_finetuned"] == (pytest.approx(0.6), 0.0)
+    assert rows["l1_out"]["acc_pruned"][0] == pytest.approx(0.35)
+    assert "| 30.00 ± 0.00 | - |" in markdown_table(list(rows.values()))
