@@ -125,6 +125,7 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"target {rows[0]['target']}: {100 * rows[0]['params_remaining'][0]:.1f}% of parameters remain",
                  fontsize=9)
+    ax.set_xlim(0, 105)  # room for the legend right of the baseline
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
