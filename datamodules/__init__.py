@@ -3,11 +3,11 @@ from datamodules.base import DataNotFoundError, ImageDataModule, InMemoryImageDa
 from datamodules.digits import DigitsDataModule
 from datamodules.image_folder import CIFAR10JPEGDataModule, ImageNetDataModule
 from datamodules.torchvision_sets import (
-                                          CIFAR10DataModule,
-                                          CIFAR100DataModule,
-                                          FashionMNISTDataModule,
-                                          MNISTDataModule,
-                                          SVHNDataModule,
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    SVHNDataModule,
 )
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "CIFAR10JPEGDataModule", "DataNotFoundError",

@@ -248,7 +248,6 @@ class PruningRun:
                 self.finetune_settings(model, step.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
         self.recalibrate(model)
-        example = model.example_input_array.to(model.device)
         after = {layer.name: layer.num_channels for layer in find_prunable_layers(model.net, example)}
         summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
                                  dense["flops"], count_flops(model.net, example))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -29,39 +30,33 @@ def jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def layer_scores(run: dict) -> dict[str, torch.Tensor]:
-    """The first step's channel scores of a run, by layer."""
-    payload = load_channel_scores(Path(run["run_dir"]) / "step_0" / "channel_scores.pt")
+@lru_cache(maxsize=None)
+def layer_scores(run_dir: str) -> dict[str, torch.Tensor]:
+    """The first step's channel scores of the run in ``run_dir``, by layer (read once: a reference run is compared
+    with several runs)."""
+    payload = load_channel_scores(Path(run_dir) / "step_0" / "channel_scores.pt")
     return {name: entry["scores"] for name, entry in payload["layers"].items()}
 
 
 def agreement(run: dict, reference: dict) -> float:
     """Mean over layers of the Jaccard index between the kept sets of ``run`` and ``reference``."""
-    ours, theirs = layer_scores(run), layer_scores(reference)
+    ours, theirs = layer_scores(run["run_dir"]), layer_scores(reference["run_dir"])
     values = [jaccard(kept_channels(ours[n], k), kept_channels(theirs[n], k)) for n, k in run["channels_after"].items()]
     return statistics.fmean(values)
 
 
-def parse_reference(text: str) -> tuple[str, object]:
+def parse_reference(text: str) -> tuple[str, str]:
+    """``key=value`` -> ``(key, value)``; runs match the reference when ``str`` of their value equals ``value``."""
     key, _, value = text.partition("=")
     if not value:
         raise ValueError(f"--reference must look like key=value, got {text!r}")
-    return key, type_of(value)
+    return key, value
 
 
-def type_of(value: str) -> object:
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def agreement_table(runs: list[dict], by: tuple[str, ...], reference: tuple[str, object]) -> list[dict]:
+def agreement_table(runs: list[dict], by: tuple[str, ...], reference: tuple[str, str]) -> list[dict]:
     """One row per (metric, *by): mean and std over seeds of the agreement with the reference run."""
     key, value = reference
-    refs = {(r["metric"], r["seed"]): r for r in runs if r[key] == value}
+    refs = {(r["metric"], r["seed"]): r for r in runs if str(r[key]) == value}
     if not refs:
         raise ValueError(f"no reference run with {key}={value}")
     groups: dict[tuple, list[float]] = defaultdict(list)
