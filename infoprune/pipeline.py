@@ -60,9 +60,14 @@ def check_pruning_config(cfg: DictConfig) -> ChannelScorer | ConnectionCriterion
 
 
 def resume_key(cfg: DictConfig) -> dict:
-    """The settings a resumed run must share with the interrupted one."""
+    """The settings a resumed run must share with the interrupted one (and a finished run with its rerun)."""
     full = resolved(cfg)
-    return {key: full.get(key) for key in ("model", "datamodule", "pruning", "ckpt_path", "seed")}
+    return {key: full.get(key) for key in ("model", "datamodule", "pruning", "finetune", "ckpt_path", "seed")}
+
+
+def settings_digest(cfg: DictConfig) -> str:
+    """A short hash of :func:`resume_key`, stored in ``results.json`` to recognise a finished run."""
+    return hashlib.sha1(json.dumps(resume_key(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def baseline_cache_file(cfg: DictConfig) -> Path | None:
@@ -209,7 +214,12 @@ class PruningRun:
             (self.out / "state.json").write_text(json.dumps(state, indent=2))
 
     def run(self) -> dict[str, Any]:
-        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
+        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune, and returns
+        a finished run's results untouched (rerunning a sweep fills in only its missing jobs)."""
+        finished = self.finished_results()
+        if finished is not None:
+            log.info("%s already holds this run's results; nothing to do", self.out)
+            return finished
         if isinstance(self.metric, ConnectionCriterion):
             return self.run_connections()
         state_file, last = self.out / "state.json", self.out / "finetune" / "checkpoints" / "last.ckpt"
@@ -226,6 +236,14 @@ class PruningRun:
             resume = None
         state["finetuned"] = self.final_finetune(model, state, resume)
         return self.finish(model, state)
+
+    def finished_results(self) -> dict[str, Any] | None:
+        """``results.json`` of a finished run with these settings in this output directory, else None."""
+        path = self.out / "results.json"
+        if not path.exists():
+            return None
+        results = json.loads(path.read_text())
+        return results if results.get("settings_digest") == settings_digest(self.cfg) else None
 
     def prune_channels(self) -> tuple[ImageClassifier, dict[str, Any]]:
         """Baseline, then every step of the schedule; saves ``pruned.ckpt`` and ``state.json`` (what a resumed run
@@ -342,7 +360,8 @@ class PruningRun:
             "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
-            "wall_s": time.perf_counter() - self.started,
+            "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
+            "settings_digest": settings_digest(self.cfg),
         }
         if self.is_global_zero():
             save_weights_checkpoint(model, self.out / "final.ckpt")

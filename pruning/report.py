@@ -53,10 +53,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def was_finetuned(run: dict) -> bool:
+    """``finetune_epochs > 0`` as recorded in results.json; for runs written before that field existed, whether the
+    fine-tuned accuracy differs from the pruned one."""
+    if "finetune_epochs" in run:
+        return run["finetune_epochs"] > 0
+    return run["acc_finetuned"] != run["acc_pruned"]
+
+
 def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
     """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds.
-    ``finetuned`` says whether any run of the row was fine-tuned (its fine-tuned accuracy differs from its pruned
-    one); ``acc_finetuned`` is then over those runs only, else it repeats the pruned accuracy."""
+    ``finetuned`` says whether any run of the row was fine-tuned (see :func:`was_finetuned`); ``acc_finetuned`` is
+    then over those runs only, else it repeats the pruned accuracy."""
     keys = GROUP + tuple(by)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -66,7 +74,7 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         row = dict(zip(keys, key, strict=True), by=tuple(by), seeds=sorted(m.get("seed") for m in members))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
-        tuned = [m for m in members if m["acc_finetuned"] != m["acc_pruned"]]
+        tuned = [m for m in members if was_finetuned(m)]
         row["finetuned"] = bool(tuned)
         if tuned:
             row["acc_finetuned"] = mean_std([m["acc_finetuned"] for m in tuned])

@@ -93,6 +93,9 @@ def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, 
     assert torch.load(last, weights_only=False)["epoch"] == 3
     assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
     assert not (out / "baseline").exists() and 0.45 < results["params_remaining"] < 0.55
+    finished = (out / "results.json").read_text(), last.stat().st_mtime_ns
+    assert run_prune(tmp_path, overrides[:-1]) == results  # a finished run is returned, not redone
+    assert ((out / "results.json").read_text(), last.stat().st_mtime_ns) == finished
 
 
 class CrashAtEpochTwo(pl.Callback):

@@ -86,3 +86,12 @@ def test_rows_without_fine_tuning_are_marked_and_mixed_rows_average_only_tuned_r
     assert rows["l1_out"]["acc_finetuned"] == (pytest.approx(0.6), 0.0)
     assert rows["l1_out"]["acc_pruned"][0] == pytest.approx(0.35)
     assert "| 30.00 ± 0.00 | - |" in markdown_table(list(rows.values()))
+
+
+def test_recorded_fine_tune_epochs_decide_over_equal_accuracies():
+    base = {"metric": "mi", "scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8,
+            "params_remaining": 0.3, "flops_remaining": 0.3, "acc_pruned": 0.5}
+    tuned_to_same_accuracy = dict(base, seed=0, acc_finetuned=0.5, finetune_epochs=1)
+    untuned = dict(base, seed=1, acc_finetuned=0.5, finetune_epochs=0)
+    assert aggregate([tuned_to_same_accuracy])[0]["finetuned"]
+    assert not aggregate([untuned])[0]["finetuned"]
