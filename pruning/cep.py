@@ -150,6 +150,19 @@ def connection_masks(errors: dict[str, torch.Tensor], density: float, hcep_fract
     return masks
 
 
+def quota_effect(errors: dict[str, torch.Tensor], density: float, hcep_fraction: float) -> dict[str, int]:
+    """How much HCEP's quota changes CEP's one-shot choice at ``density``: the connections whose keep/remove
+    decision differs between ``connection_masks(errors, density)`` and the same with ``hcep_fraction``, and the
+    output-neuron groups holding them (out of all connections and groups)."""
+    cep = connection_masks(errors, density)
+    hcep = connection_masks(errors, density, hcep_fraction)
+    changed = {name: (cep[name] != hcep[name]).reshape(cep[name].shape[0], -1) for name in cep}
+    return {"connections_changed": sum(int(c.sum()) for c in changed.values()),
+            "groups_changed": sum(int(c.any(1).sum()) for c in changed.values()),
+            "connections": sum(c.numel() for c in changed.values()),
+            "groups": sum(c.shape[0] for c in changed.values())}
+
+
 def density_schedule(target_density: float, steps: int) -> list[float]:
     """Densities of ``steps`` prune/retrain rounds, geometric from 1 to ``target_density``."""
     return [target_density ** (i / steps) for i in range(1, steps + 1)]

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from callbacks.cep import apply_connection_masks, make_permanent
 from datamodules import DigitsDataModule
+from infoprune.hcep_quota import quota_rows
 from infoprune.pipeline import prune
 from models import LeNet5
 from pruning.cep import (
@@ -20,6 +21,7 @@ from pruning.cep import (
     exact_loss_increase,
     magnitude_errors,
     prunable_weights,
+    quota_effect,
 )
 from pruning.sparse import load_sparse, save_sparse
 from tests import data_writers
@@ -65,6 +67,16 @@ def test_previously_removed_connections_stay_removed_and_schedules_are_geometric
     for name in errors:
         assert not (second[name] & ~first[name]).any()
     assert density_schedule(0.16, 2) == pytest.approx([0.4, 0.16])
+
+
+def test_quota_effect_counts_what_the_quota_changes():
+    # group 0: two strong connections (ratios 1.96) take both kept places at density 1/4 without a quota; group 1 is
+    # flat (best ratio 1.14) and loses everything. A quota of one per group moves one place from group 0 to group 1.
+    errors = {"fc": torch.tensor([[5.0, 5.0, 0.1, 0.1], [1.0, 1.0, 1.0, 1.2]], dtype=torch.float64)}
+    assert connection_masks(errors, 0.25)["fc"].sum(1).tolist() == [2, 0]
+    assert quota_effect(errors, 0.25, 0.25) == {"connections_changed": 2, "groups_changed": 2, "connections": 8,
+                                                 "groups": 2}
+    assert quota_effect(errors, 0.5, 0.25)["connections_changed"] == 0  # group 1's best is kept anyway
 
 
 def test_bad_connection_settings_are_rejected():
@@ -161,6 +173,9 @@ def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
         assert results["density"] == pytest.approx(0.2, abs=1e-4)
         assert results["bytes_sparse_relative8"] < results["bytes_dense"] / 2
         assert (tmp_path / metric / "sparse_absolute.pt").exists()
+    rows = quota_rows(str(tmp_path / "cep" / "final.ckpt"), ["pruning.stats.num_images=256"], [0.5, 0.2], [0.1, 0.3])
+    assert [(r["density"], r["hcep_fraction"]) for r in rows] == [(0.5, 0.1), (0.5, 0.3), (0.2, 0.1)]
+    assert all(0 <= r["connections_changed"] < r["connections"] and r["groups_changed"] <= r["groups"] for r in rows)
 
 
 def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
