@@ -61,10 +61,17 @@ def was_finetuned(run: dict) -> bool:
     return run["acc_finetuned"] != run["acc_pruned"]
 
 
+def accuracy_drop(run: dict) -> float:
+    """``acc_baseline - acc_finetuned`` of one run (``acc_pruned`` if it was not fine-tuned): paired by run, so its
+    spread over seeds excludes the spread of the baselines."""
+    return run["acc_baseline"] - (run["acc_finetuned"] if was_finetuned(run) else run["acc_pruned"])
+
+
 def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
     """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds.
     ``finetuned`` says whether any run of the row was fine-tuned (see :func:`was_finetuned`); ``acc_finetuned`` is
-    then over those runs only, else it repeats the pruned accuracy."""
+    then over those runs only, else it repeats the pruned accuracy. ``drop``: :func:`accuracy_drop` over the same
+    runs."""
     keys = GROUP + tuple(by)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -78,6 +85,7 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         row["finetuned"] = bool(tuned)
         if tuned:
             row["acc_finetuned"] = mean_std([m["acc_finetuned"] for m in tuned])
+        row["drop"] = mean_std([accuracy_drop(m) for m in (tuned or members)])
         for optional in OPTIONAL:
             if all(optional in m for m in members):
                 row[optional] = mean_std([m[optional] for m in members])
@@ -97,15 +105,16 @@ def markdown_table(rows: list[dict]) -> str:
     timed = any("wall_s" in r for r in rows)
     by = rows[0]["by"] if rows else ()
     header = ("| metric | scope | schedule | target | " + "".join(f"{k} | " for k in by)
-              + "seeds | baseline | pruned (no fine-tune) | fine-tuned | params left | FLOPs left |"
+              + "seeds | baseline | pruned (no fine-tune) | fine-tuned | drop (points) | params left | FLOPs left |"
               + (" storage smaller by |" if storage else "") + (" minutes per job |" if timed else ""))
-    lines = [header, "|" + "---|" * (10 + len(by) + storage + timed)]
+    lines = [header, "|" + "---|" * (11 + len(by) + storage + timed)]
     for r in rows:
         acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
         acc[2] = acc[2] if r["finetuned"] else "-"
         line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
                 + "".join(f"{r[k]} | " for k in by) + f"{len(r['seeds'])} | "
-                f"{' | '.join(acc)} | {100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
+                f"{' | '.join(acc)} | {100 * r['drop'][0]:.2f} ± {100 * r['drop'][1]:.2f} | "
+                f"{100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
         if storage:
             line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
         if timed:

@@ -95,3 +95,14 @@ def test_recorded_fine_tune_epochs_decide_over_equal_accuracies():
     untuned = dict(base, seed=1, acc_finetuned=0.5, finetune_epochs=0)
     assert aggregate([tuned_to_same_accuracy])[0]["finetuned"]
     assert not aggregate([untuned])[0]["finetuned"]
+
+
+def test_drop_is_paired_by_run():
+    base = {"metric": "cep", "scope": "connection", "schedule": "iterative", "target": 0.84, "acc_pruned": 0.9,
+            "params_remaining": 0.16, "flops_remaining": 0.2, "finetune_epochs": 8}
+    runs = [dict(base, seed=0, acc_baseline=0.993, acc_finetuned=0.992),
+            dict(base, seed=1, acc_baseline=0.990, acc_finetuned=0.989)]
+    row = aggregate(runs)[0]
+    assert row["drop"] == (pytest.approx(0.001), pytest.approx(0.0, abs=1e-12))  # each seed loses one image in 1,000
+    assert row["acc_finetuned"][1] > 0.002  # while the accuracies themselves spread with their baselines
+    assert "| 0.10 ± 0.00 |" in markdown_table([row])
