@@ -36,7 +36,8 @@ def quota_rows(checkpoint: str, overrides: list[str], densities: list[float], fr
     batches = datamodule.calibration_batches(stats.num_images, stats.batch_size, stats.seed, torch.device("cpu"))
     layers = prunable_weights(model.net, cfg.pruning.get("exclude_layers") or [])
     errors = ConnectionCriterion("cep", order=cfg.pruning.metric.get("order", 1)).errors(model.net, layers, batches)
-    return [{"density": d, "hcep_fraction": f, **quota_effect(errors, d, f)}
+    threshold = cfg.pruning.metric.get("threshold", "group")
+    return [{"density": d, "hcep_fraction": f, **quota_effect(errors, d, f, threshold)}
             for d in densities for f in fractions if f < d]
 
 

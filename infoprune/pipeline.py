@@ -305,7 +305,8 @@ class PruningRun:
         masks = None
         for i, density in enumerate(density_schedule(1.0 - float(self.cfg.pruning.target), steps)):
             errors = self.connection_errors(model, layers, f"step_{i}")
-            masks = connection_masks(errors, density, self.metric.hcep_fraction, previous=masks)
+            masks = connection_masks(errors, density, self.metric.hcep_fraction, previous=masks,
+                                     threshold=self.metric.threshold)
             apply_connection_masks(layers, masks)
             if i < steps - 1 and schedule.get("finetune_epochs", 0):
                 self.finetune_settings(model, schedule.finetune_epochs)

@@ -11,7 +11,8 @@ docs/cep.md:
   convolution.
 * In each group, connections whose error is below ``alpha`` times the group's mean error are removed; ``alpha`` is
   the one value, shared by all groups, that reaches the target density (found exactly by sorting the ratios
-  ``e / mean_group(e)``).
+  ``e / mean_group(e)``). ``threshold="layer"`` divides by the layer's mean error instead, ``threshold="global"``
+  compares raw errors (estimated loss increases) across all layers, so layers get different densities.
 * HCEP also keeps, in every group, the ``hcep_fraction`` of connections with the highest error, whatever
   ``alpha``.
 * Magnitude pruning (Han et al. 2015) is the same selection with ``e(w) = |w|``.
@@ -111,24 +112,40 @@ def exact_loss_increase(model: nn.Module, module: nn.Module, images: torch.Tenso
     return out.view_as(weight)
 
 
+THRESHOLDS = ("group", "layer", "global")
+
+
+def threshold_ratios(groups: torch.Tensor, alive: torch.Tensor, threshold: str) -> torch.Tensor:
+    """What one shared ``alpha`` is compared with: ``e / mean(alive e of the output neuron's group)`` (``group``),
+    ``e / mean(alive e of the layer)`` (``layer``) or ``e`` itself (``global``); 0 where that mean is 0."""
+    if threshold == "global":
+        return groups
+    dims = (1,) if threshold == "group" else (0, 1)
+    mean = (groups * alive).sum(dims, keepdim=True) / alive.sum(dims, keepdim=True).clamp_min(1)
+    return torch.where(mean > 0, groups / torch.where(mean > 0, mean, 1.0), torch.zeros_like(groups))
+
+
 def connection_masks(errors: dict[str, torch.Tensor], density: float, hcep_fraction: float = 0.0,
-                     previous: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                     previous: dict[str, torch.Tensor] | None = None, threshold: str = "group",
+                     ) -> dict[str, torch.Tensor]:
     """Boolean keep-masks reaching ``density`` (fraction of connections kept over all layers).
 
-    Each connection's ratio ``e / mean(e of its output neuron's group)`` is compared with one ``alpha`` for all
-    groups; the connections with the lowest ratios go until ``density`` is reached. HCEP quota: the
-    ``ceil(hcep_fraction * group size)`` highest-error connections of every group stay. Connections already
-    removed (``previous`` masks) stay removed."""
+    Each connection's ratio (``threshold_ratios``: its error over its group's or layer's mean error, or the raw
+    error) is compared with one ``alpha`` for all groups; the connections with the lowest ratios go until
+    ``density`` is reached. HCEP quota: the ``ceil(hcep_fraction * group size)`` highest-error connections of every
+    group stay. Connections already removed (``previous`` masks) stay removed. A layer left without connections
+    is an error."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if not 0.0 <= hcep_fraction < 1.0:
         raise ValueError(f"hcep_fraction must be in [0, 1), got {hcep_fraction}")
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"unknown threshold rule {threshold!r}; choose one of {THRESHOLDS}")
     ratios = {}
     for name, e in errors.items():
         groups = e.reshape(e.shape[0], -1).double()
         alive = previous[name].reshape_as(groups) if previous else torch.ones_like(groups, dtype=torch.bool)
-        mean = (groups * alive).sum(1, keepdim=True) / alive.sum(1, keepdim=True).clamp_min(1)
-        r = torch.where(mean > 0, groups / torch.where(mean > 0, mean, 1.0), torch.zeros_like(groups))
+        r = threshold_ratios(groups, alive, threshold)
         quota = math.ceil(hcep_fraction * groups.shape[1])
         if quota:
             top = groups.masked_fill(~alive, -1.0).topk(quota, dim=1).indices
@@ -147,15 +164,20 @@ def connection_masks(errors: dict[str, torch.Tensor], density: float, hcep_fract
     for name, e in errors.items():
         masks[name] = keep_flat[start:start + e.numel()].view(e.shape)
         start += e.numel()
+    empty = [name for name, mask in masks.items() if not mask.any()]
+    if empty:
+        raise ValueError(f"density {density} with the {threshold!r} threshold removes every connection of {empty}; "
+                         f"raise the density, use an HCEP quota or list them in pruning.exclude_layers")
     return masks
 
 
-def quota_effect(errors: dict[str, torch.Tensor], density: float, hcep_fraction: float) -> dict[str, int]:
+def quota_effect(errors: dict[str, torch.Tensor], density: float, hcep_fraction: float,
+                 threshold: str = "group") -> dict[str, int]:
     """How much HCEP's quota changes CEP's one-shot choice at ``density``: the connections whose keep/remove
     decision differs between ``connection_masks(errors, density)`` and the same with ``hcep_fraction``, and the
     output-neuron groups holding them (out of all connections and groups)."""
-    cep = connection_masks(errors, density)
-    hcep = connection_masks(errors, density, hcep_fraction)
+    cep = connection_masks(errors, density, threshold=threshold)
+    hcep = connection_masks(errors, density, hcep_fraction, threshold=threshold)
     changed = {name: (cep[name] != hcep[name]).reshape(cep[name].shape[0], -1) for name in cep}
     return {"connections_changed": sum(int(c.sum()) for c in changed.values()),
             "groups_changed": sum(int(c.any(1).sum()) for c in changed.values()),
@@ -170,18 +192,22 @@ def density_schedule(target_density: float, steps: int) -> list[float]:
 
 class ConnectionCriterion:
     """A connection-pruning criterion as configured: ``cep`` (cross-entropy error of ``order`` 1 or 2) or
-    ``magnitude``; ``hcep_fraction`` > 0 makes CEP into HCEP."""
+    ``magnitude``; ``hcep_fraction`` > 0 makes CEP into HCEP; ``threshold`` is the rule of ``connection_masks``."""
 
     CRITERIA = ("cep", "magnitude")
 
-    def __init__(self, criterion: str = "cep", order: int = 1, hcep_fraction: float = 0.0) -> None:
+    def __init__(self, criterion: str = "cep", order: int = 1, hcep_fraction: float = 0.0,
+                 threshold: str = "group") -> None:
         if criterion not in self.CRITERIA:
             raise ValueError(f"unknown connection criterion {criterion!r}; choose one of {self.CRITERIA}")
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         if not 0.0 <= hcep_fraction < 1.0:
             raise ValueError(f"hcep_fraction must be in [0, 1), got {hcep_fraction}")
+        if threshold not in THRESHOLDS:
+            raise ValueError(f"unknown threshold rule {threshold!r}; choose one of {THRESHOLDS}")
         self.criterion, self.order, self.hcep_fraction = criterion, order, hcep_fraction
+        self.threshold = threshold
         self.name = "magnitude" if criterion == "magnitude" else ("hcep" if hcep_fraction > 0 else "cep")
 
     @property

@@ -60,6 +60,28 @@ def test_threshold_is_a_fraction_of_each_groups_mean():
     assert torch.cat(ratios_removed).max() <= torch.cat(ratios_kept).min()  # one alpha separates them
 
 
+@pytest.mark.parametrize("threshold", ["layer", "global"])
+def test_layer_and_global_thresholds_separate_kept_from_removed_by_one_alpha(threshold):
+    errors = random_errors(2)
+    errors["fc"] = errors["fc"] * 3  # the fc layer's errors are larger: global keeps more of it, layer does not
+    masks = connection_masks(errors, 0.3, threshold=threshold)
+    kept, removed = [], []
+    for name, e in errors.items():
+        r = e / e.mean() if threshold == "layer" else e
+        kept.append(r[masks[name]]), removed.append(r[~masks[name]])
+    assert torch.cat(removed).max() <= torch.cat(kept).min()
+    fc_density = masks["fc"].double().mean().item()
+    assert fc_density > 0.38 if threshold == "global" else abs(fc_density - 0.3) < 0.05
+
+
+def test_a_rule_that_empties_a_layer_is_rejected():
+    errors = {"small": torch.full((2, 3), 1e-6, dtype=torch.float64), "big": torch.rand(4, 10, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"removes every connection of \['small'\]"):
+        connection_masks(errors, 0.5, threshold="global")
+    masks = connection_masks(errors, 0.5, hcep_fraction=0.3, threshold="global")  # the quota saves one per group
+    assert masks["small"].sum(1).tolist() == [1, 1]
+
+
 def test_previously_removed_connections_stay_removed_and_schedules_are_geometric():
     errors = random_errors()
     first = connection_masks(errors, 0.5)
@@ -84,6 +106,8 @@ def test_bad_connection_settings_are_rejected():
         ConnectionCriterion("cep", hcep_fraction=1.0)
     with pytest.raises(ValueError, match="unknown connection criterion"):
         ConnectionCriterion("obs")
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        ConnectionCriterion("cep", threshold="percentile")
     with pytest.raises(ValueError, match="below the HCEP quota"):
         connection_masks(random_errors(), 0.01, hcep_fraction=0.2)
     with pytest.raises(KeyError, match="unknown layer"):
