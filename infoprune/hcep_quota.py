@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -41,13 +42,20 @@ def quota_rows(checkpoint: str, overrides: list[str], densities: list[float], fr
             for d in densities for f in fractions if f < d]
 
 
-def main() -> None:
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The command line; everything after ``--`` is a Hydra override of the prune config."""
+    split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--densities", type=float, nargs="+", default=[0.16, 0.08])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.15])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the prune config (after --)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1:]
+    return args
+
+
+def main() -> None:
+    args = parse_arguments(sys.argv[1:])
     rows = quota_rows(args.checkpoint, args.overrides, args.densities, args.fractions)
     table = Table(title="HCEP quota vs CEP, one shot")
     for column in ("density", "HCEP fraction", "connections changed", "groups changed"):

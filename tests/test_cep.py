@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from callbacks.cep import apply_connection_masks, make_permanent
 from datamodules import DigitsDataModule
-from infoprune.hcep_quota import quota_rows
+from infoprune.hcep_quota import parse_arguments, quota_rows
 from infoprune.pipeline import prune
 from models import LeNet5
 from pruning.cep import (
@@ -179,6 +179,14 @@ def test_sparse_round_trip_is_exact_and_bytes_shrink_with_density(encoding, tmp_
     torch.save(net.state_dict(), tmp_path / "dense.pt")
     assert sizes[0] > sizes[1] > sizes[2]
     assert sizes[2] < (tmp_path / "dense.pt").stat().st_size / 8
+
+
+def test_hcep_quota_command_line_passes_what_follows_the_double_dash_to_hydra():
+    args = parse_arguments(["a.ckpt", "--densities", "0.16", "0.08", "--fractions", "0.05", "--",
+                            "experiment=cep_lenet5_mnist", "pruning.metric.threshold=global"])
+    assert (args.checkpoint, args.densities, args.fractions) == ("a.ckpt", [0.16, 0.08], [0.05])
+    assert args.overrides == ["experiment=cep_lenet5_mnist", "pruning.metric.threshold=global"]
+    assert parse_arguments(["a.ckpt"]).overrides == []
 
 
 def test_hcep_quota_above_the_target_density_fails_before_any_work(tmp_path):
