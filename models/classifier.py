@@ -61,9 +61,10 @@ class ImageClassifier(pl.LightningModule):
         self.net = instantiate(self.hparams.net)
         self.num_classes = int(self.hparams.net["num_classes"])
         self.example_input_array = torch.zeros(1, *input_shape)
-        metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1)}
+        # micro: the fraction of images classified correctly (torchmetrics' default, macro, averages per-class recall)
+        metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
         if self.num_classes > 10:
-            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5)
+            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
         collection = MetricCollection(metrics)
         self.metrics = torch.nn.ModuleDict({f"{s}_metrics": collection.clone(prefix=f"{s}/") for s in ("train", "val", "test")})
 

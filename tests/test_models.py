@@ -91,3 +91,13 @@ def test_top5_accuracy_is_tracked_only_beyond_ten_classes():
                                                                     "lr": 0.1})
     assert set(many.metrics["test_metrics"].keys()) == {"test/acc", "test/acc_top5"}
     assert set(few.metrics["test_metrics"].keys()) == {"test/acc"}
+
+
+def test_accuracy_is_the_fraction_of_images_classified_correctly_on_unbalanced_labels():
+    from models.classifier import ImageClassifier
+    net = {"_target_": "models.LeNet5", "input_size": 8, "padding": 2, "num_classes": 10}
+    model = ImageClassifier(net=net, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+    labels = torch.tensor([0] * 8 + [1, 2])
+    logits = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 10).float()  # always predicts class 0
+    accuracy = model.metrics["test_metrics"]["test/acc"]
+    assert accuracy(logits, labels).item() == pytest.approx(0.8)  # 8 of 10 images; per-class recall would give 1/3
