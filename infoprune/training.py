@@ -86,7 +86,8 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.datamodule`` (resuming from ``cfg.ckpt_path`` if set), then test the best
-    checkpoint. Returns every logged metric (``val/...`` of the last epoch, ``test/...`` of the best checkpoint)."""
+    checkpoint. Returns every logged metric (``val/...`` of the last epoch, ``test/...`` of the best checkpoint).
+    With ``train=false`` the checkpoint is evaluated: ``val/...`` and ``test/...`` of its weights."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_dir=cfg.paths.output_dir)
@@ -95,6 +96,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    else:
+        trainer.validate(model, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
         ckpt = best_checkpoint(trainer) if cfg.get("train", True) else None

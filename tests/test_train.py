@@ -52,6 +52,15 @@ def test_digits_default_learns_and_returns_the_optimized_metric(make_cfg, tmp_pa
         metric_value(metrics, "val/nonexistent")
 
 
+def test_train_false_evaluates_a_checkpoint_on_val_and_test(make_cfg, tmp_path):
+    trained = train(make_cfg(FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(FAST + ["trainer.accelerator=cpu", "train=false", f"ckpt_path={last}"])
+    metrics = train(cfg)
+    assert metric_value(metrics, cfg.optimized_metric) == pytest.approx(trained["val/acc"])  # the last epoch's val
+    assert 0.5 < metrics["test/acc"] <= 1.0
+
+
 def test_resume_from_last_checkpoint_continues_the_epoch_count(make_cfg, tmp_path):
     train(make_cfg(FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
