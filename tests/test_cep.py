@@ -199,8 +199,9 @@ def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
     base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
                    "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",
                    "pruning.target=0.8"]
-    for metric in ("cep", "hcep", "magnitude"):
-        results = prune(compose_config("prune", base + [f"pruning/metric={metric}"], tmp_path / metric))
+    for metric, threshold in (("cep", "group"), ("hcep", "global"), ("magnitude", "layer")):
+        overrides = base + [f"pruning/metric={metric}", f"pruning.metric.threshold={threshold}"]
+        results = prune(compose_config("prune", overrides, tmp_path / metric))
         assert results["metric"] == metric and results["scope"] == "connection"
         assert results["density"] == pytest.approx(0.2, abs=1e-4)
         assert results["bytes_sparse_relative8"] < results["bytes_dense"] / 2
@@ -219,3 +220,9 @@ def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
                         "pruning.stats.batch_size=6"]
     results = prune(compose_config("prune", overrides, tmp_path / "run"))
     assert results["network"] == "models.AlexNet" and results["density"] == pytest.approx(0.25, abs=1e-4)
+
+
+def test_the_16_percent_recipe_is_cep_lenet5_mnist_with_the_global_threshold(tmp_path):
+    cfg = compose_config("prune", ["experiment=cep_lenet5_mnist_16"], tmp_path)
+    assert cfg.datamodule._target_ == "datamodules.MNISTDataModule" and cfg.model.net._target_ == "models.LeNet5"
+    assert (cfg.pruning.metric.threshold, cfg.pruning.target, cfg.finetune.max_epochs) == ("global", 0.842, 8)
