@@ -354,7 +354,8 @@ class PruningRun:
         summary = state["summary"]
         results = {
             "metric": self.metric.name,
-            "scope": "connection" if isinstance(self.metric, ConnectionCriterion) else self.cfg.pruning.scope.name,
+            "scope": (f"connection/{self.metric.threshold}" if isinstance(self.metric, ConnectionCriterion)
+                      else self.cfg.pruning.scope.name),
             "schedule": self.cfg.pruning.schedule.name, "target": float(self.cfg.pruning.target),
             "seed": self.cfg.get("seed"), "datamodule": self.datamodule.name,
             "network": self.cfg.model.net._target_,

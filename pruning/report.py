@@ -29,7 +29,9 @@ OPTIONAL = ("storage_reduction", "wall_s")
 
 def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
     """Every ``results.json`` under the given directories, with its directory as ``run_dir``; each ``by`` key
-    (dotted config path) is added to its run from the job's ``config_resolved.yaml``."""
+    (dotted config path) is added to its run from the job's ``config_resolved.yaml``. Connection runs written
+    before their scope named the threshold rule (scope ``connection``) get it from that config (``group`` when it
+    has none: the only rule there was)."""
     runs = []
     for sweep_dir in sweep_dirs:
         files = sorted(Path(sweep_dir).rglob("results.json"))
@@ -38,6 +40,8 @@ def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
         for file in files:
             run = json.loads(file.read_text())
             run["run_dir"] = str(file.parent)
+            if run.get("scope") == "connection":
+                run["scope"] = f"connection/{config_value(file, 'pruning.metric.threshold', 'group')}"
             if by:
                 config = OmegaConf.load(file.with_name("config_resolved.yaml"))
                 for key in by:
@@ -47,6 +51,13 @@ def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
                     run[key] = value
             runs.append(run)
     return runs
+
+
+def config_value(results_file: Path, key: str, default: object) -> object:
+    """``key`` (dotted path) of the ``config_resolved.yaml`` beside ``results_file``; ``default`` if either is
+    missing."""
+    config = results_file.with_name("config_resolved.yaml")
+    return OmegaConf.select(OmegaConf.load(config), key, default=default) if config.exists() else default
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

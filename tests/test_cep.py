@@ -202,7 +202,7 @@ def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
     for metric, threshold in (("cep", "group"), ("hcep", "global"), ("magnitude", "layer")):
         overrides = base + [f"pruning/metric={metric}", f"pruning.metric.threshold={threshold}"]
         results = prune(compose_config("prune", overrides, tmp_path / metric))
-        assert results["metric"] == metric and results["scope"] == "connection"
+        assert results["metric"] == metric and results["scope"] == f"connection/{threshold}"
         assert results["density"] == pytest.approx(0.2, abs=1e-4)
         assert results["bytes_sparse_relative8"] < results["bytes_dense"] / 2
         assert (tmp_path / metric / "sparse_absolute.pt").exists()

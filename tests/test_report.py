@@ -3,6 +3,7 @@ sample std over seeds (checked against numpy), best fine-tuned first, and writte
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,14 @@ def test_drop_is_paired_by_run():
     assert row["drop"] == (pytest.approx(0.001), pytest.approx(0.0, abs=1e-12))  # each seed loses one image in 1,000
     assert row["acc_finetuned"][1] > 0.002  # while the accuracies themselves spread with their baselines
     assert "| 0.10 ± 0.00 |" in markdown_table([row])
+
+
+def test_connection_runs_from_before_the_scope_named_the_threshold_rule_get_it_from_their_config(tmp_path):
+    old = {"metric": "cep", "scope": "connection", "schedule": "iterative", "target": 0.84}
+    for name, run in (("oldest", old), ("old_global", old), ("new", dict(old, scope="connection/layer"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(run))
+    (tmp_path / "old_global" / "config_resolved.yaml").write_text("pruning:\n  metric:\n    threshold: global\n")
+    (tmp_path / "oldest" / "config_resolved.yaml").write_text("pruning:\n  metric:\n    order: 1\n")
+    scopes = {Path(r["run_dir"]).name: r["scope"] for r in load_runs(tmp_path)}
+    assert scopes == {"oldest": "connection/group", "old_global": "connection/global", "new": "connection/layer"}
