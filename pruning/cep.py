@@ -115,6 +115,12 @@ def exact_loss_increase(model: nn.Module, module: nn.Module, images: torch.Tenso
 THRESHOLDS = ("group", "layer", "global")
 
 
+def check_threshold(threshold: str) -> None:
+    """A clear error for a threshold rule other than ``THRESHOLDS``."""
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"unknown threshold rule {threshold!r}; choose one of {THRESHOLDS}")
+
+
 def threshold_ratios(groups: torch.Tensor, alive: torch.Tensor, threshold: str) -> torch.Tensor:
     """What one shared ``alpha`` is compared with: ``e / mean(alive e of the output neuron's group)`` (``group``),
     ``e / mean(alive e of the layer)`` (``layer``) or ``e`` itself (``global``); 0 where that mean is 0."""
@@ -139,8 +145,7 @@ def connection_masks(errors: dict[str, torch.Tensor], density: float, hcep_fract
         raise ValueError(f"density must be in (0, 1], got {density}")
     if not 0.0 <= hcep_fraction < 1.0:
         raise ValueError(f"hcep_fraction must be in [0, 1), got {hcep_fraction}")
-    if threshold not in THRESHOLDS:
-        raise ValueError(f"unknown threshold rule {threshold!r}; choose one of {THRESHOLDS}")
+    check_threshold(threshold)
     ratios = {}
     for name, e in errors.items():
         groups = e.reshape(e.shape[0], -1).double()
@@ -204,8 +209,7 @@ class ConnectionCriterion:
             raise ValueError(f"order must be 1 or 2, got {order}")
         if not 0.0 <= hcep_fraction < 1.0:
             raise ValueError(f"hcep_fraction must be in [0, 1), got {hcep_fraction}")
-        if threshold not in THRESHOLDS:
-            raise ValueError(f"unknown threshold rule {threshold!r}; choose one of {THRESHOLDS}")
+        check_threshold(threshold)
         self.criterion, self.order, self.hcep_fraction = criterion, order, hcep_fraction
         self.threshold = threshold
         self.name = "magnitude" if criterion == "magnitude" else ("hcep" if hcep_fraction > 0 else "cep")
