@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.augment import normalize, random_crop, random_hflip
 
@@ -113,9 +113,15 @@ class ImageDataModule(pl.LightningDataModule):
         self.check_files()
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the splits once; validation and test sets are put in a fixed seeded order (``split_seed``), so
+        that their first batches (``limit_val_batches``, ``limit_test_batches``) hold every class in proportion
+        even where the files are sorted by class."""
         if self.train_set is None:
             self.check_files()
-            self.train_set, self.val_set, self.test_set = self._datasets()
+            train, val, test = self._datasets()
+            self.train_set = train
+            self.val_set = evaluation_order(val, self.split_seed)
+            self.test_set = evaluation_order(test, self.split_seed + 1)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         """Shuffled, last-partial-batch-dropped batches for training; in-order batches for evaluation. In-memory
@@ -175,6 +181,14 @@ class ImageDataModule(pl.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.transform_batch(images, training), labels
+
+
+def evaluation_order(dataset: Dataset, seed: int) -> Dataset:
+    """``dataset`` reordered by a permutation seeded with ``seed`` (in-memory tensors are gathered once)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    if isinstance(dataset, TensorBatchDataset):
+        return TensorBatchDataset(dataset.images[order], dataset.labels[order])
+    return Subset(dataset, order.tolist())
 
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_fraction: float, seed: int):

@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from rich.console import Console
 from rich.table import Table
 
-from infoprune.training import build_datamodule, build_model
+from infoprune.builders import build_datamodule, build_model
 from pruning.cep import ConnectionCriterion, prunable_weights, quota_effect
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

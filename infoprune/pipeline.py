@@ -24,39 +24,24 @@ from rich.table import Table
 from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from callbacks.channel_scores import ChannelScoring
 from callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.io import atomic_save
-from infoprune.training import best_checkpoint, build_datamodule, build_model, check_checkpoint_fits, read_checkpoint
+from infoprune.training import best_checkpoint
+from infoprune.validation import CheckedRun, validate_pruning
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.batchnorm import recalibrate_batchnorm
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from pruning.cost import PruningCost, output_positions
 from pruning.distributed import rank_and_world_size
 from pruning.layers import find_prunable_layers
-from pruning.metrics import ChannelScorer, Entropy, MutualInformation
+from pruning.metrics import Entropy, MutualInformation
 from pruning.schedule import PruningStep, plan_schedule
-from pruning.selection import check_amount, select_global, select_layerwise
+from pruning.selection import select_global, select_layerwise
 from pruning.sparse import save_sparse
 from pruning.summary import PruningSummary
 
 log = logging.getLogger(__name__)
-SCOPES = ("layerwise", "global")
-
-
-def check_pruning_config(cfg: DictConfig) -> ChannelScorer | ConnectionCriterion:
-    """Reject a bad pruning config before any work (target, scope, schedule, metric, checkpoint); returns the
-    metric."""
-    check_amount(cfg.pruning.target, "pruning.target")
-    if cfg.pruning.scope.name not in SCOPES:
-        raise ValueError(f"unknown pruning scope {cfg.pruning.scope.name!r}; choose one of {SCOPES}")
-    plan_schedule(cfg.pruning.schedule.name, cfg.pruning.target, cfg.pruning.scope.name, ["layer"])
-    metric = instantiate(cfg.pruning.metric)
-    if isinstance(metric, ConnectionCriterion) and metric.hcep_fraction >= 1.0 - float(cfg.pruning.target):
-        raise ValueError(f"HCEP keeps {metric.hcep_fraction:.0%} of every group, more than the target density "
-                         f"{1.0 - float(cfg.pruning.target):.0%}: lower pruning.metric.hcep_fraction or the target")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
-    return metric
 
 
 def resume_key(cfg: DictConfig) -> dict:
@@ -101,11 +86,11 @@ def baseline_lock(cache: Path | None, enabled: bool):
 class PruningRun:
     """One pruning job: its config, datamodule, loggers and output directory."""
 
-    def __init__(self, cfg: DictConfig, metric: ChannelScorer | ConnectionCriterion) -> None:
-        self.cfg, self.metric = cfg, metric
+    def __init__(self, cfg: DictConfig, checked: CheckedRun) -> None:
+        self.cfg, self.metric = cfg, checked.metric
         self.started = time.perf_counter()
         self.out = Path(cfg.paths.output_dir)
-        self.datamodule = build_datamodule(cfg)
+        self.datamodule = checked.datamodule
         self.loggers = instantiate_group(cfg.get("logger"))
         for logger in self.loggers:
             logger.log_hyperparams(flatten(resolved(cfg)))
@@ -214,12 +199,7 @@ class PruningRun:
             (self.out / "state.json").write_text(json.dumps(state, indent=2))
 
     def run(self) -> dict[str, Any]:
-        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune, and returns
-        a finished run's results untouched (rerunning a sweep fills in only its missing jobs)."""
-        finished = self.finished_results()
-        if finished is not None:
-            log.info("%s already holds this run's results; nothing to do", self.out)
-            return finished
+        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
         if isinstance(self.metric, ConnectionCriterion):
             return self.run_connections()
         state_file, last = self.out / "state.json", self.out / "finetune" / "checkpoints" / "last.ckpt"
@@ -236,14 +216,6 @@ class PruningRun:
             resume = None
         state["finetuned"] = self.final_finetune(model, state, resume)
         return self.finish(model, state)
-
-    def finished_results(self) -> dict[str, Any] | None:
-        """``results.json`` of a finished run with these settings in this output directory, else None."""
-        path = self.out / "results.json"
-        if not path.exists():
-            return None
-        results = json.loads(path.read_text())
-        return results if results.get("settings_digest") == settings_digest(self.cfg) else None
 
     def prune_channels(self) -> tuple[ImageClassifier, dict[str, Any]]:
         """Baseline, then every step of the schedule; saves ``pruned.ckpt`` and ``state.json`` (what a resumed run
@@ -411,10 +383,29 @@ def print_results(results: dict[str, Any]) -> None:
     console.print(table)
 
 
+def finished_results(cfg: DictConfig) -> dict[str, Any] | None:
+    """``results.json`` of a finished run with these settings in ``cfg``'s output directory, else None; a finished
+    run with other settings there is an error (it would be overwritten)."""
+    path = Path(cfg.paths.output_dir) / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if results.get("settings_digest") != settings_digest(cfg):
+        raise ValueError(f"{path.parent} holds a finished run with other settings; choose another output directory "
+                         f"(hydra.run.dir=...) to keep both")
+    return results
+
+
 def prune(cfg: DictConfig) -> dict[str, Any]:
-    """Run the pruning pipeline of ``cfg`` (after checking it), returning ``results.json``'s content."""
-    metric = check_pruning_config(cfg)
+    """Run the pruning pipeline of ``cfg``, returning ``results.json``'s content. The whole config is checked
+    first; a finished run with the same settings in the output directory is returned without touching a file of
+    it (rerunning a sweep fills in only its missing jobs)."""
+    checked = validate_pruning(cfg)
+    finished = finished_results(cfg)
+    if finished is not None:
+        print(f"{cfg.paths.output_dir} already holds this run's results; nothing to do")
+        return finished
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_dir=cfg.paths.output_dir)
-    return PruningRun(cfg, metric).run()
+    return PruningRun(cfg, checked).run()

@@ -89,7 +89,8 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         groups[tuple(run[k] for k in keys)].append(run)
     rows = []
     for key, members in groups.items():
-        row = dict(zip(keys, key, strict=True), by=tuple(by), seeds=sorted(m.get("seed") for m in members))
+        row = dict(zip(keys, key, strict=True), by=tuple(by), runs=len(members),
+                   seeds=sorted({m.get("seed") for m in members}, key=str))
         for column in COLUMNS:
             row[column] = mean_std([m[column] for m in members])
         tuned = [m for m in members if was_finetuned(m)]
@@ -111,6 +112,18 @@ def label(row: dict) -> str:
     return f"{row['metric']} ({row['scope']}, {row['schedule']}{extra})"
 
 
+def mean_pm_std(row: dict, values: tuple[float, float]) -> str:
+    """``mean ± std`` in percent, or the mean alone when the row has a single seed (no spread over seeds)."""
+    mean, std = values
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if len(row["seeds"]) > 1 else f"{100 * mean:.2f}"
+
+
+def seeds_cell(row: dict) -> str:
+    """Distinct seeds of the row, with the number of runs when a seed was run more than once."""
+    n = len(row["seeds"])
+    return f"{n}" if row["runs"] == n else f"{n} ({row['runs']} runs)"
+
+
 def markdown_table(rows: list[dict]) -> str:
     storage = any("storage_reduction" in r for r in rows)
     timed = any("wall_s" in r for r in rows)
@@ -120,11 +133,11 @@ def markdown_table(rows: list[dict]) -> str:
               + (" storage smaller by |" if storage else "") + (" minutes per job |" if timed else ""))
     lines = [header, "|" + "---|" * (11 + len(by) + storage + timed)]
     for r in rows:
-        acc = [f"{100 * r[c][0]:.2f} ± {100 * r[c][1]:.2f}" for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
+        acc = [mean_pm_std(r, r[c]) for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
         acc[2] = acc[2] if r["finetuned"] else "-"
         line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
-                + "".join(f"{r[k]} | " for k in by) + f"{len(r['seeds'])} | "
-                f"{' | '.join(acc)} | {100 * r['drop'][0]:.2f} ± {100 * r['drop'][1]:.2f} | "
+                + "".join(f"{r[k]} | " for k in by) + f"{seeds_cell(r)} | "
+                f"{' | '.join(acc)} | {mean_pm_std(r, r['drop'])} | "
                 f"{100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
         if storage:
             line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
@@ -195,9 +208,13 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``) over the runs of ``metrics`` (default
     all); returns their paths."""
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
-    runs = [r for r in load_runs(*sweep_dirs, by=tuple(by)) if not metrics or r["metric"] in metrics]
-    if not runs:
-        raise ValueError(f"no runs of the metrics {list(metrics)} under {[str(d) for d in sweep_dirs]}")
+    runs = load_runs(*sweep_dirs, by=tuple(by))
+    present = sorted({r["metric"] for r in runs})
+    unknown = sorted(set(metrics) - set(present))
+    if unknown:
+        raise ValueError(f"no runs of metric(s) {unknown} under {[str(d) for d in sweep_dirs]}; the metrics there "
+                         f"are {present}")
+    runs = [r for r in runs if not metrics or r["metric"] in metrics]
     rows = aggregate(runs, by=tuple(by))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
@@ -214,7 +231,10 @@ def main() -> None:
     parser.add_argument("--by", nargs="+", default=[], help="config keys to group by as well (dotted paths)")
     parser.add_argument("--metrics", nargs="+", default=[], help="only these metrics (names as in results.json)")
     args = parser.parse_args()
-    table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics))
+    try:
+        table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics))
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        parser.error(str(error))
     print(table.read_text())
     print(f"written: {table} and {figure}")
 

@@ -43,18 +43,21 @@ def keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, round_to: int) -> int:
-    """Channels a layer keeps when pruned by ``amount``.
+    """Channels a layer keeps when pruned by ``amount``, rounded up so a layer never keeps less than asked.
 
-    ``channels``: ``C - round(amount * C)``. ``params``: ``round(sqrt(1 - amount) * C)``; a conv layer whose input
-    is pruned alike then keeps ``1 - amount`` of its parameters (input and output widths both scale by
-    ``sqrt(1 - amount)``), which is how "remove 70% of the parameters of every conv layer" is read here.
+    ``channels``: ``ceil((1 - amount) * C)``. ``params``: ``ceil(sqrt(1 - amount) * C)``; a conv layer whose input
+    is pruned alike then keeps about ``1 - amount`` of its parameters (input and output widths both scale by
+    ``sqrt(1 - amount)``), which is how "remove 70% of the parameters of every conv layer" is read here. The result
+    is monotone: a larger ``amount`` never keeps more channels, a wider layer never keeps fewer. A tolerance of
+    1e-9 channels keeps exact products (``0.5 * 8``) from rounding up through floating-point error.
     """
     if mode == "channels":
-        n = num_channels - round(amount * num_channels)
+        fraction = 1.0 - amount
     elif mode == "params":
-        n = round(math.sqrt(1.0 - amount) * num_channels)
+        fraction = math.sqrt(1.0 - amount)
     else:
         raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
+    n = math.ceil(fraction * num_channels - 1e-9)
     return round_up_to_multiple(max(min_channels, n), round_to, num_channels)
 
 
