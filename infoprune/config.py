@@ -36,10 +36,20 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def command_line_overrides() -> list[str] | None:
+    """The overrides this job was launched with (Hydra's task overrides), or None outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 @rank_zero_only
 def print_config_tree(cfg: DictConfig, save_dir: str | Path | None = None) -> None:
     """Print the resolved config as a rich tree (one branch per top-level group) and save it as
-    ``config_tree.log`` and ``config_resolved.yaml`` in ``save_dir``."""
+    ``config_tree.log`` and ``config_resolved.yaml`` in ``save_dir``, with the job's command-line overrides as
+    ``overrides.yaml`` when it runs under Hydra. Called once the config has been checked: Hydra's own ``.hydra``
+    record is switched off (``conf/hydra/default.yaml``) because Hydra writes it before any check, and a rejected
+    rerun must leave a finished run's directory as it was."""
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     first = [k for k in ("datamodule", "model", "pruning", "trainer", "callbacks", "logger", "paths") if k in cfg]
     for key in first + [k for k in cfg if k not in first]:
@@ -53,3 +63,6 @@ def print_config_tree(cfg: DictConfig, save_dir: str | Path | None = None) -> No
         with open(save_dir / "config_tree.log", "w") as file:
             rich.print(tree, file=file)
         OmegaConf.save(cfg, save_dir / "config_resolved.yaml", resolve=True)
+        overrides = command_line_overrides()
+        if overrides is not None:
+            OmegaConf.save(OmegaConf.create(overrides), save_dir / "overrides.yaml")

@@ -42,3 +42,21 @@ def make_cfg(tmp_path):
 
 FAST = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=none",
         "++trainer.enable_progress_bar=false"]
+
+
+def digits_test_accuracy(checkpoint: Path) -> float:
+    """Fraction of the digits test images that ``checkpoint`` classifies correctly, computed by hand (argmax of the
+    logits over the whole test split in one batch; no Trainer, no torchmetrics): an independent reference for the
+    accuracies the pipeline reports."""
+    import torch
+
+    from datamodules import DigitsDataModule
+    from models.classifier import ImageClassifier
+
+    model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    datamodule = DigitsDataModule()
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    with torch.no_grad():
+        predictions = model(datamodule.transform_batch(images, train=False)).argmax(1)
+    return (predictions == labels).double().mean().item()

@@ -136,9 +136,11 @@ def test_first_order_error_ranks_like_the_exact_loss_increase(small_trained):
     errors = connection_errors(net, {"conv1": layer}, lambda: [(x, y)], order=1)["conv1"]
     exact = exact_loss_increase(net, layer, x, y)
     rho = scipy.stats.spearmanr(errors.flatten().numpy(), exact.abs().flatten().numpy()).statistic
-    assert rho > 0.6, rho
+    # measured 0.63-0.67 (seeds 0-4, 1 and 2 threads, docs/testing.md); unrelated rankings of 150 connections
+    # give 0 +/- 0.08, so 0.4 is five standard deviations above chance and 0.2 below every measured value
+    assert rho > 0.4, rho
     second = connection_errors(net, {"conv1": layer}, lambda: [(x, y)], order=2)["conv1"]
-    assert scipy.stats.spearmanr(second.flatten().numpy(), exact.flatten().numpy()).statistic > 0.3
+    assert scipy.stats.spearmanr(second.flatten().numpy(), exact.flatten().numpy()).statistic > 0.3  # measured >= 0.62
 
 
 def test_masked_weights_stay_zero_through_retraining_and_after_reload(small_trained, tmp_path):

@@ -57,8 +57,24 @@ def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
 def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_runs(tmp_path)
-    with pytest.raises(ValueError, match="no runs of the metrics"):
+    with pytest.raises(ValueError, match=r"no runs of metric\(s\) \['entropy'\].*\['l1_out', 'mi'\]"):
         write_report(*write_sweeps(tmp_path), metrics=("entropy",))
+
+
+def test_report_cli_names_the_metrics_present_instead_of_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, write_sweeps(tmp_path)), "--metrics",
+                             "wmi"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "['wmi']" in result.stderr and "['l1_out', 'mi']" in result.stderr
+
+
+def test_seeds_column_counts_distinct_seeds_and_a_single_seed_shows_no_spread():
+    base = {"metric": "mi", "scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8,
+            "params_remaining": 0.3, "flops_remaining": 0.3, "acc_pruned": 0.5, "finetune_epochs": 1}
+    row = aggregate([dict(base, seed=0, acc_finetuned=0.6), dict(base, seed=0, acc_finetuned=0.7)])[0]
+    assert row["seeds"] == [0] and row["runs"] == 2
+    line = markdown_table([row]).splitlines()[-1]
+    assert "| 1 (2 runs) | 80.00 | 50.00 | 65.00 |" in line and "±" not in line
 
 
 def test_grouping_by_a_config_key_splits_rows_and_labels_them(tmp_path):
@@ -86,7 +102,7 @@ def test_rows_without_fine_tuning_are_marked_and_mixed_rows_average_only_tuned_r
     assert not rows["mi"]["finetuned"] and rows["l1_out"]["finetuned"]
     assert rows["l1_out"]["acc_finetuned"] == (pytest.approx(0.6), 0.0)
     assert rows["l1_out"]["acc_pruned"][0] == pytest.approx(0.35)
-    assert "| 30.00 ± 0.00 | - |" in markdown_table(list(rows.values()))
+    assert "| 30.00 | - |" in markdown_table(list(rows.values()))  # one seed: no spread to show
 
 
 def test_recorded_fine_tune_epochs_decide_over_equal_accuracies():
