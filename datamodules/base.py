@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.augment import normalize, random_crop, random_hflip
 
+#: Seed of the fixed order of every validation and test set (see ``ImageDataModule.setup``).
+EVALUATION_SEED = 0
+
 
 class DataNotFoundError(FileNotFoundError):
     """The dataset's files are not where the datamodule looks; the message says which files and where."""
@@ -113,15 +116,14 @@ class ImageDataModule(pl.LightningDataModule):
         self.check_files()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits once; validation and test sets are put in a fixed seeded order (``split_seed``), so
-        that their first batches (``limit_val_batches``, ``limit_test_batches``) hold every class in proportion
-        even where the files are sorted by class."""
+        """Load the splits once; validation and test sets are put in a fixed seeded order (``EVALUATION_SEED``,
+        the same in every run whatever the split seed), so that their first batches (``limit_val_batches``,
+        ``limit_test_batches``) hold every class in proportion even where the files are sorted by class."""
         if self.train_set is None:
             self.check_files()
             train, val, test = self._datasets()
             self.train_set = train
-            self.val_set = evaluation_order(val, self.split_seed)
-            self.test_set = evaluation_order(test, self.split_seed + 1)
+            self.val_set, self.test_set = evaluation_order(val), evaluation_order(test)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         """Shuffled, last-partial-batch-dropped batches for training; in-order batches for evaluation. In-memory
@@ -183,9 +185,14 @@ class ImageDataModule(pl.LightningDataModule):
         return self.transform_batch(images, training), labels
 
 
-def evaluation_order(dataset: Dataset, seed: int) -> Dataset:
-    """``dataset`` reordered by a permutation seeded with ``seed`` (in-memory tensors are gathered once)."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+def evaluation_permutation(size: int) -> torch.Tensor:
+    """The fixed order of an evaluation set of ``size`` items: position ``i`` holds item ``order[i]``."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(EVALUATION_SEED))
+
+
+def evaluation_order(dataset: Dataset) -> Dataset:
+    """``dataset`` reordered by :func:`evaluation_permutation` (in-memory tensors are gathered once)."""
+    order = evaluation_permutation(len(dataset))
     if isinstance(dataset, TensorBatchDataset):
         return TensorBatchDataset(dataset.images[order], dataset.labels[order])
     return Subset(dataset, order.tolist())

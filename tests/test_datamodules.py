@@ -20,6 +20,7 @@ from datamodules import (
     SVHNDataModule,
 )
 from datamodules.augment import normalize, random_crop, random_hflip
+from datamodules.base import evaluation_permutation
 from tests import data_writers
 
 DATAMODULES = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "cifar10_jpeg", "imagenet"]
@@ -32,14 +33,24 @@ def test_every_datamodule_config_composes_and_instantiates(make_cfg, name, tmp_p
     assert dm.num_classes in (10, 100, 1000) and len(dm.input_shape) == 3
 
 
+def in_file_order(values: torch.Tensor) -> torch.Tensor:
+    """Evaluation-set ``values`` put back in the order of the files (undoing the seeded evaluation order)."""
+    restored = torch.empty_like(values)
+    restored[evaluation_permutation(len(values))] = values
+    return restored
+
+
 def check_splits(dm, n_train_total: int, n_test: int, channels: int, size: int, num_classes: int):
+    """Split sizes, dtype and shape of a test batch; returns that batch's images and the labels of as many test
+    images in file order."""
     dm.setup()
     n_val = round(n_train_total * dm.val_fraction)
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (n_train_total - n_val, n_val, n_test)
     images, labels = next(iter(dm.test_dataloader()))
     assert images.dtype == torch.uint8 and images.shape[1:] == (channels, size, size)
     assert labels.max() < num_classes
-    return images, labels
+    every = torch.cat([batch_labels for _, batch_labels in dm.test_dataloader()])
+    return images, in_file_order(every)[: len(labels)]
 
 
 def test_cifar10_reads_pickled_batches(tmp_path):
@@ -85,9 +96,27 @@ def test_cifar10_jpeg_reads_extracted_tree_like_image_folder(tmp_path):
     dm.setup()
     from torchvision.datasets import ImageFolder
     reference = ImageFolder(str(tmp_path / "cifar10-jpeg" / "test"))
-    assert dm.test_set.labels.tolist() == reference.targets
+    assert in_file_order(dm.test_set.labels).tolist() == reference.targets
     first = torch.from_numpy(__import__("numpy").asarray(reference[0][0])).permute(2, 0, 1)
-    assert torch.equal(dm.test_set.images[0], first)
+    assert torch.equal(in_file_order(dm.test_set.images)[0], first)
+
+
+def test_evaluation_order_is_a_fixed_mix_of_classes_even_when_files_are_sorted_by_class(tmp_path):
+    data_writers.write_cifar10_jpeg_archive(tmp_path, train_per_class=2, test_per_class=10)  # 100 test images
+    data_writers.write_image_folder(tmp_path / "imagenet", {"train": 4, "val": 10}, classes=3, size=40)
+    modules = {"cifar10_jpeg": lambda: CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache",
+                                                             eval_batch_size=20),
+               "imagenet": lambda: ImageNetDataModule(data_dir=tmp_path, num_classes=3, num_workers=0,
+                                                      image_size=32, eval_batch_size=9)}
+    for name, make in modules.items():
+        first, second = make(), make()
+        first.setup(), second.setup()
+        batch = next(iter(first.test_dataloader()))[1]
+        # files are sorted by class, so in file order the first batch would hold one or two classes
+        assert len(batch.unique()) >= (6 if name == "cifar10_jpeg" else 3), (name, batch.tolist())
+        assert torch.equal(batch, next(iter(second.test_dataloader()))[1])  # the same order in every run
+        every = torch.cat([labels for _, labels in first.test_dataloader()])
+        assert in_file_order(every).tolist() == sorted(every.tolist())  # nothing lost
 
 
 def test_imagenet_reads_image_folders(tmp_path):
@@ -150,5 +179,5 @@ def test_real_mnist_matches_the_documented_facts():
     dm = MNISTDataModule(data_dir=Path(__file__).parents[2] / "shared/datasets", val_fraction=0.0)
     dm.setup()
     assert len(dm.train_set) == 60000 and len(dm.test_set) == 10000
-    assert dm.test_set.labels[0] == 7
+    assert in_file_order(dm.test_set.labels)[0] == 7  # the first image of the t10k file
     assert abs(dm.train_set.images.float().mean().item() / 255 - 0.1307) < 1e-3

@@ -42,9 +42,9 @@ def test_fast_dev_run_alexnet_on_image_folder(make_cfg, tmp_path):
 
 
 def test_digits_default_learns_and_returns_the_optimized_metric(make_cfg, tmp_path):
-    cfg = make_cfg(FAST + ["trainer.max_epochs=4", "trainer.accelerator=cpu"])
+    cfg = make_cfg(FAST + ["trainer.max_epochs=10", "trainer.accelerator=cpu"])
     metrics = train(cfg)
-    assert metrics["test/acc"] > 0.8  # chance is 0.1
+    assert metrics["test/acc"] > 0.8  # chance is 0.1; measured 0.955-0.989 (seeds 0-4, 1 and 2 threads)
     assert metric_value(metrics, cfg.optimized_metric) == metrics["val/acc"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "run" / "config_resolved.yaml").exists()
