@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -60,3 +61,15 @@ def digits_test_accuracy(checkpoint: Path) -> float:
     with torch.no_grad():
         predictions = model(datamodule.transform_batch(images, train=False)).argmax(1)
     return (predictions == labels).double().mean().item()
+
+
+
+class RecordEpochs(pl.Callback):
+    """Records every training epoch this process runs (``+callbacks.record._target_=tests.conftest.RecordEpochs``),
+    so a test can tell a resumed fit from one restarted from scratch. ``RecordEpochs.epochs`` is shared: clear it
+    before the run under test."""
+
+    epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        RecordEpochs.epochs.append(trainer.current_epoch)

@@ -19,8 +19,11 @@ from hydra.errors import MissingConfigException
 from infoprune.pipeline import prune
 from infoprune.training import train
 from pruning.report import load_runs, write_report
-from tests.conftest import FAST, ROOT, compose_config, digits_test_accuracy
+from pruning.selection import keep_count
+from pruning.storage import load_channel_scores
+from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
+RECORD = "+callbacks.record._target_=tests.conftest.RecordEpochs"
 QUICK = FAST + ["trainer.accelerator=cpu", "finetune.max_epochs=1", "pruning.stats.num_images=512",
                 "pruning.stats.bins=16"]
 
@@ -63,10 +66,23 @@ def test_iterative_schedule_reaches_the_target_in_steps(tmp_path, baseline):
     assert 0.35 < results["params_remaining"] < 0.45
 
 
-def test_layer_by_layer_schedule_prunes_every_layer(tmp_path, baseline):
+def test_layer_by_layer_schedule_prunes_one_layer_per_step_with_a_fine_tune_between(tmp_path, baseline):
+    RecordEpochs.epochs.clear()
     results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/schedule=layer_by_layer", "pruning.target=0.5",
-                                   "pruning/metric=l1_out", "pruning.schedule.finetune_epochs=0"])
-    assert all(after < results["channels_before"][name] for name, after in results["channels_after"].items())
+                                   "pruning/metric=l1_out", "pruning.schedule.finetune_epochs=1",
+                                   "finetune.max_epochs=0", RECORD])
+    before, after = results["channels_before"], results["channels_after"]
+    names = list(before)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.glob("step_*") if p.is_dir()) == sorted(
+        [f"step_{i}" for i in range(len(names))] + [f"step_{i}_finetune" for i in range(len(names) - 1)])
+    assert RecordEpochs.epochs == [0] * (len(names) - 1)  # one fine-tune epoch after every step but the last
+    for i in range(len(names)):  # step i scores the network with layers 0..i-1 pruned and the rest untouched
+        widths = {n: len(v["scores"]) for n, v in load_channel_scores(out / f"step_{i}" / "channel_scores.pt")[
+            "layers"].items()}
+        assert widths == {n: after[n] if j < i else before[n] for j, n in enumerate(names)}, i
+    for name in names:  # each layer by the target alone: half its parameters (input and output widths both shrink)
+        assert after[name] == keep_count(before[name], 0.5, "params", 1, 1)
 
 
 def test_global_scope_reaches_its_budget(tmp_path, baseline):
@@ -90,7 +106,9 @@ def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, 
     assert torch.load(last, weights_only=False)["epoch"] == 1
     with pytest.raises(ValueError, match="other settings"):  # resuming with other settings is refused
         run_prune(tmp_path, overrides[:-1] + ["pruning.target=0.6"])
-    results = run_prune(tmp_path, overrides[:-1])  # same output directory, no crash: resumes
+    RecordEpochs.epochs.clear()
+    results = run_prune(tmp_path, overrides[:-1] + [RECORD])  # same output directory, no crash: resumes
+    assert RecordEpochs.epochs == [2, 3]  # only the epochs the crash prevented; from scratch would be 0-3
     assert torch.load(last, weights_only=False)["epoch"] == 3
     assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
     assert not (out / "baseline").exists() and 0.45 < results["params_remaining"] < 0.55

@@ -13,7 +13,7 @@ from hydra.errors import MissingConfigException
 from datamodules import DataNotFoundError
 from infoprune.training import metric_value, train
 from tests import data_writers
-from tests.conftest import FAST, ROOT, digits_test_accuracy
+from tests.conftest import FAST, ROOT, RecordEpochs, digits_test_accuracy
 
 FDR = FAST + ["++trainer.fast_dev_run=true", "trainer.accelerator=cpu"]
 
@@ -61,12 +61,18 @@ def test_train_false_evaluates_a_checkpoint_on_val_and_test(make_cfg, tmp_path):
     assert metrics["test/acc"] == pytest.approx(digits_test_accuracy(last), abs=1.5 / 359)  # by hand, one image slack
 
 
-def test_resume_from_last_checkpoint_continues_the_epoch_count(make_cfg, tmp_path):
+def test_resume_from_last_checkpoint_runs_only_the_remaining_epochs(make_cfg, tmp_path):
+    record = ["+callbacks.record._target_=tests.conftest.RecordEpochs"]
     train(make_cfg(FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["epoch"] == 1
-    train(make_cfg(FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false", f"ckpt_path={last}"]))
-    assert torch.load(last, weights_only=False)["epoch"] == 2
+    saved = torch.load(last, weights_only=False)
+    assert saved["epoch"] == 1
+    RecordEpochs.epochs.clear()
+    train(make_cfg(FAST + record + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false",
+                                    f"ckpt_path={last}"]))
+    assert RecordEpochs.epochs == [2]  # a fit restarted from scratch would run epochs 0, 1 and 2
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == saved["global_step"] * 3 // 2
 
 
 def test_wandb_logger_without_api_key_logs_offline(make_cfg, tmp_path, monkeypatch):
