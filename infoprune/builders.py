@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -13,7 +14,10 @@ from models.classifier import ImageClassifier
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """The datamodule of ``cfg``, with its files checked (a clear error, before any work, when data is missing)."""
-    datamodule = instantiate(cfg.datamodule)
+    try:
+        datamodule = instantiate(cfg.datamodule)
+    except InstantiationException as error:  # the datamodule's own error (a bad data_dir, a bad fraction) as is
+        raise (error.__cause__ or error) from None
     if not datamodule.download:
         datamodule.check_files()
     return datamodule

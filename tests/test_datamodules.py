@@ -2,11 +2,14 @@
 batch augmentation; clear errors for missing data and bad paths."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from sklearn.datasets import load_digits
 
 from datamodules import (
     CIFAR10DataModule,
@@ -18,6 +21,7 @@ from datamodules import (
     ImageNetDataModule,
     MNISTDataModule,
     SVHNDataModule,
+    image_folder,
 )
 from datamodules.augment import normalize, random_crop, random_hflip
 from datamodules.base import evaluation_permutation
@@ -26,11 +30,17 @@ from tests import data_writers
 DATAMODULES = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "cifar10_jpeg", "imagenet"]
 
 
+# classes and image shape of every datamodule config, from the datasets' documentation
+FACTS = {"digits": (10, (1, 8, 8)), "mnist": (10, (1, 28, 28)), "fashion_mnist": (10, (1, 28, 28)),
+         "cifar10": (10, (3, 32, 32)), "cifar100": (100, (3, 32, 32)), "svhn": (10, (3, 32, 32)),
+         "cifar10_jpeg": (10, (3, 32, 32)), "imagenet": (1000, (3, 224, 224))}
+
+
 @pytest.mark.parametrize("name", DATAMODULES)
-def test_every_datamodule_config_composes_and_instantiates(make_cfg, name, tmp_path):
+def test_every_datamodule_config_composes_with_its_classes_and_shape(make_cfg, name, tmp_path):
     cfg = make_cfg([f"datamodule={name}", f"datamodule.data_dir={tmp_path}"])
     dm = instantiate(cfg.datamodule)
-    assert dm.num_classes in (10, 100, 1000) and len(dm.input_shape) == 3
+    assert (dm.num_classes, dm.input_shape) == FACTS[name]
 
 
 def in_file_order(values: torch.Tensor) -> torch.Tensor:
@@ -80,11 +90,21 @@ def test_mnist_family_reads_idx_files(tmp_path, cls, folder):
     assert labels.tolist() == [i % 10 for i in range(40)]
 
 
-def test_cifar10_jpeg_decodes_archive_once_into_cache(tmp_path):
+def test_cifar10_jpeg_decodes_archive_once_into_cache(tmp_path, monkeypatch):
     data_writers.write_cifar10_jpeg_archive(tmp_path)
     dm = CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache", val_fraction=0.5)
     dm.prepare_data()
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    cache = list((tmp_path / "cache").glob("*.pt"))
+    assert len(cache) == 1
+    written = cache[0].stat().st_mtime_ns
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("the archive was decoded a second time")
+
+    monkeypatch.setattr(image_folder, "decode_image_folder", no_second_decode)
+    again = CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache", val_fraction=0.5)
+    again.prepare_data(), again.setup()  # a second datamodule reads the cache
+    assert cache[0].stat().st_mtime_ns == written and len(again.train_set) == 30
     images, labels = check_splits(dm, 60, 20, 3, 32, 10)
     assert labels.tolist() == sorted(labels.tolist())  # test split in ImageFolder order: class by class
     assert labels.bincount().tolist() == [2] * 10
@@ -127,9 +147,19 @@ def test_imagenet_reads_image_folders(tmp_path):
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_digits_split_is_fixed_and_disjoint():
+def rows(dataset) -> Counter:
+    """Multiset of (image bytes, label) of a dataset."""
+    return Counter((image.numpy().tobytes(), int(label)) for image, label in zip(dataset.images, dataset.labels))
+
+
+def test_digits_split_is_fixed_and_a_partition_of_the_images():
     a, b = DigitsDataModule(split_seed=0), DigitsDataModule(split_seed=1)
     a.setup(), b.setup()
+    digits = load_digits()
+    everything = Counter((np.round(image * 255.0 / 16.0).astype(np.uint8).tobytes(), int(label))
+                         for image, label in zip(digits.images, digits.target))
+    for dm in (a, b):  # train + val + test is the dataset: no image twice, none lost
+        assert rows(dm.train_set) + rows(dm.val_set) + rows(dm.test_set) == everything
     assert len(a.train_set) + len(a.val_set) + len(a.test_set) == 1797
     assert torch.equal(a.test_set.images, b.test_set.images)  # test set independent of the split seed
     assert not torch.equal(a.val_set.labels, b.val_set.labels)

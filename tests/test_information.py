@@ -70,3 +70,12 @@ def test_weighted_mi_with_unit_weights_is_mi_and_downweights_bins(discrete_data)
     torch.testing.assert_close(weighted_mutual_information(counts, ones), mutual_information(counts))
     half = weighted_mutual_information(counts, 0.5 * ones)
     torch.testing.assert_close(half, 0.5 * mutual_information(counts))
+    # one weight per (channel, bin): the sum of w(f) p(f,y) log(p(f,y) / (p(f) p(y))), by hand in numpy
+    weights = torch.rand(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = []
+    for c in range(3):
+        p = counts[c].double().numpy() / counts[c].sum().item()
+        pf, py = p.sum(1), p.sum(0)
+        expected.append(sum(weights[c, i].item() * p[i, j] * np.log(p[i, j] / (pf[i] * py[j]))
+                            for i in range(8) for j in range(5) if p[i, j] > 0))
+    torch.testing.assert_close(weighted_mutual_information(counts, weights), torch.tensor(expected, dtype=torch.float64))

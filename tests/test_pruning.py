@@ -228,6 +228,9 @@ def test_export_torchscript_and_onnx(trained_digits, tmp_path):
     onnx.checker.check_model(model)
     conv_shapes = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 4]
     assert conv_shapes[0][0] == module.net.widths[0]
+    from onnx.reference import ReferenceEvaluator
+    (outputs,) = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(outputs), expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown export format"):
         export_network(module, tmp_path / "net.x", "tflite")
 

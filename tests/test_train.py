@@ -101,8 +101,9 @@ def test_missing_data_fails_before_training_and_writes_no_checkpoint(make_cfg, t
 
 def test_data_dir_that_is_a_file_fails_before_training(make_cfg, tmp_path):
     (tmp_path / "afile").write_text("")
-    with pytest.raises(Exception, match="is a file"):
+    with pytest.raises(NotADirectoryError, match="is a file"):
         train(make_cfg(FAST + ["datamodule=mnist", f"datamodule.data_dir={tmp_path / 'afile'}"]))
+    assert not (tmp_path / "run").exists()  # no checkpoint, log or config written: nothing ran
 
 
 def test_ddp_on_cpu_with_two_processes_trains_and_checkpoints(tmp_path):
