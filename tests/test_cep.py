@@ -213,6 +213,21 @@ def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
     assert all(0 <= r["connections_changed"] < r["connections"] and r["groups_changed"] <= r["groups"] for r in rows)
 
 
+def test_excluded_layers_stay_dense_and_the_rest_reach_the_density(tmp_path):
+    overrides = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=1", "finetune.max_epochs=0",
+                        "pruning.stats.num_images=256", "pruning/metric=cep", "pruning.target=0.7",
+                        "pruning.exclude_layers=[features.0.conv,classifier]"]
+    results = prune(compose_config("prune", overrides, tmp_path / "run"))
+    assert "features.0.conv" not in results["channels_before"] and "classifier" not in results["channels_before"]
+    weights = torch.load(tmp_path / "run" / "dense_weights.pt", weights_only=False)
+    for name in ("features.0.conv", "classifier"):
+        assert (weights[f"{name}.weight"] != 0).all(), name  # left dense
+    pruned = [f"{name}.weight" for name in results["channels_before"]]
+    nonzero = sum(int((weights[k] != 0).sum()) for k in pruned)
+    assert nonzero / sum(weights[k].numel() for k in pruned) == pytest.approx(0.3, abs=1e-3)
+    assert sum(results["channels_after"].values()) == nonzero  # connections kept, layer by layer
+
+
 def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
     data_writers.write_image_folder(tmp_path / "data" / "imagenet", {"train": 6, "val": 2}, classes=3, size=72)
     overrides = FAST + ["experiment=cep_alexnet_imagenet", "trainer=cpu", f"datamodule.data_dir={tmp_path / 'data'}",

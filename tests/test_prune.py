@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,11 +16,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.errors import MissingConfigException
+from torch.utils.flop_counter import FlopCounterMode
 
+from datamodules import DigitsDataModule
 from infoprune.pipeline import prune
 from infoprune.training import train
+from models.classifier import ImageClassifier
+from pruning.batchnorm import recalibrate_batchnorm
+from pruning.cost import PruningCost
+from pruning.layers import find_prunable_layers
 from pruning.report import load_runs, write_report
-from pruning.selection import keep_count
+from pruning.selection import keep_count, select_global
 from pruning.storage import load_channel_scores
 from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
@@ -58,12 +65,63 @@ def test_oneshot_end_to_end_for_every_metric(tmp_path, baseline, metric):
     assert json.loads((out / "results.json").read_text())["acc_finetuned"] == results["acc_finetuned"]
 
 
-def test_iterative_schedule_reaches_the_target_in_steps(tmp_path, baseline):
+def step_widths(run_dir: Path, step: int) -> dict[str, int]:
+    """Widths of the network that step ``step`` scored (from its scores file)."""
+    scores = load_channel_scores(run_dir / f"step_{step}" / "channel_scores.pt")
+    return {name: len(entry["scores"]) for name, entry in scores["layers"].items()}
+
+
+def test_iterative_schedule_removes_the_same_fraction_of_what_is_left_at_every_step(tmp_path, baseline):
     results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/schedule=iterative", "pruning.schedule.steps=2",
                                    "pruning.target=0.6", "pruning/metric=mi"])
-    assert (tmp_path / "run" / "step_1" / "channel_scores.pt").exists()
-    assert (tmp_path / "run" / "step_0_finetune" / "checkpoints" / "last.ckpt").exists()
+    out = tmp_path / "run"
+    assert (out / "step_0_finetune" / "checkpoints" / "last.ckpt").exists()
+    per_step = 1 - 0.4 ** 0.5  # two steps, each leaving sqrt(0.4) of every layer's parameters
+    first, second = step_widths(out, 0), step_widths(out, 1)
+    assert first == results["channels_before"]
+    assert second == {n: keep_count(c, per_step, "params", 1, 1) for n, c in first.items()}
+    assert results["channels_after"] == {n: keep_count(c, per_step, "params", 1, 1) for n, c in second.items()}
     assert 0.35 < results["params_remaining"] < 0.45
+
+
+def test_results_json_flops_are_those_of_the_saved_networks(tmp_path, baseline):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/metric=l1_out", "pruning.target=0.5"])
+    for key, checkpoint in (("flops_before", baseline), ("flops_after", tmp_path / "run" / "final.ckpt")):
+        model = ImageClassifier.load_from_checkpoint(checkpoint, weights_only=False).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.net(torch.zeros(1, 1, 8, 8))
+        assert results[key] == counter.get_total_flops() and results[key] > 0, key
+    assert results["flops_after"] < results["flops_before"]
+
+
+@pytest.mark.parametrize(("metric", "normalization"), [("mi", "none"), ("l1_in", "max")])
+def test_global_scope_normalisation_auto_and_a_flops_budget(tmp_path, baseline, metric, normalization):
+    """``normalization: auto`` compares MI and entropy as they are and divides other scores by the layer maximum;
+    ``resource=flops`` removes channels until the FLOPs budget is met."""
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/scope=global", "pruning.scope.resource=flops",
+                                   "pruning.target=0.5", f"pruning/metric={metric}"])
+    assert results["flops_remaining"] <= 0.5
+    model = ImageClassifier.load_from_checkpoint(baseline, weights_only=False)
+    layers = find_prunable_layers(model.net, model.example_input_array)
+    scores = {n: e["scores"] for n, e in load_channel_scores(tmp_path / "run" / "step_0" / "channel_scores.pt")[
+        "layers"].items()}
+    keep = select_global(scores, layers, PruningCost(model.net, layers, model.example_input_array), 0.5,
+                         resource="flops", normalization=normalization)
+    assert results["channels_after"] == {n: len(k) for n, k in keep.items()}
+
+
+def test_batchnorm_is_re_estimated_after_pruning_when_asked(tmp_path, baseline):
+    common = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=0"]
+    run_prune(tmp_path, common, "plain")
+    run_prune(tmp_path, common + ["pruning.recalibrate_bn_images=300"], "recalibrated")
+    plain = ImageClassifier.load_from_checkpoint(tmp_path / "plain" / "pruned.ckpt", weights_only=False)
+    recalibrated = torch.load(tmp_path / "recalibrated" / "pruned.ckpt", weights_only=False)["state_dict"]
+    datamodule = DigitsDataModule()
+    recalibrate_batchnorm(plain.net, datamodule.calibration_batches(300, 256, 0, torch.device("cpu")))
+    running = [k for k in recalibrated if k.endswith("running_mean") or k.endswith("running_var")]
+    assert running and all(torch.allclose(plain.state_dict()[k], recalibrated[k], atol=1e-6) for k in running)
+    before = torch.load(tmp_path / "plain" / "pruned.ckpt", weights_only=False)["state_dict"]
+    assert not all(torch.allclose(before[k], recalibrated[k]) for k in running)  # the statistics did change
 
 
 def test_layer_by_layer_schedule_prunes_one_layer_per_step_with_a_fine_tune_between(tmp_path, baseline):
@@ -195,6 +253,13 @@ def test_reruns_leave_every_file_of_a_finished_sweep_byte_identical(tmp_path, ba
     other = prune_py(job[:-2] + ["pruning.target=0.3", job[-1]], tmp_path)  # a rerun with other settings
     assert other.returncode != 0 and "holds a finished run with other settings" in other.stderr
     assert directory_digest(sweep) == finished
+    shutil.rmtree(sweep / "1")  # an unfinished job: the rerun fills in that one only
+    filled = prune_py(args, tmp_path)
+    assert filled.returncode == 0 and filled.stdout.count("already holds this run's results; nothing to do") == 1
+    now = directory_digest(sweep)
+    assert {k: v for k, v in now.items() if k.startswith("0/")} == {k: v for k, v in finished.items()
+                                                                     if k.startswith("0/")}
+    assert json.loads((sweep / "1" / "results.json").read_text())["metric"] == "random"
 
 
 def test_submitit_local_launcher_runs_a_job(tmp_path, baseline):
