@@ -132,7 +132,10 @@ def build_metric(cfg: DictConfig, target: float) -> ChannelScorer | ConnectionCr
     if "threshold" in metric_cfg:
         check_choice(cfg, "pruning.metric.threshold", THRESHOLDS)
     if "hcep_fraction" in metric_cfg:
-        check_fraction(metric_cfg.hcep_fraction, "pruning.metric.hcep_fraction", upper=1.0 - target)
+        fraction = check_fraction(metric_cfg.hcep_fraction, "pruning.metric.hcep_fraction")
+        if fraction >= 1.0 - target:
+            raise ConfigError("pruning.metric.hcep_fraction", f"HCEP keeps {fraction:.0%} of every group, more than "
+                              f"the target density {1.0 - target:.0%}: lower it or pruning.target")
     if "order" in metric_cfg and metric_cfg.order not in (1, 2):
         raise ConfigError("pruning.metric.order", f"must be 1 or 2, got {metric_cfg.order!r}")
     try:

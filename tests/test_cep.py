@@ -233,8 +233,8 @@ def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
     overrides = FAST + ["experiment=cep_alexnet_imagenet", "trainer=cpu", f"datamodule.data_dir={tmp_path / 'data'}",
                         "datamodule.num_classes=3", "datamodule.image_size=64", "datamodule.num_workers=0",
                         "datamodule.batch_size=6", "datamodule.val_fraction=0.2", "model.net.width=0.125",
-                        "trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=12",
-                        "pruning.stats.batch_size=6"]
+                        "trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=4",
+                        "pruning.stats.batch_size=2"]  # calibration: the 4 images of the val split
     results = prune(compose_config("prune", overrides, tmp_path / "run"))
     assert results["network"] == "models.AlexNet" and results["density"] == pytest.approx(0.25, abs=1e-4)
 

@@ -188,7 +188,7 @@ def test_bad_input_is_rejected_before_any_work(tmp_path, baseline):
         compose_config("prune", ["pruning/metric=magic"], tmp_path)
     with pytest.raises(MissingConfigException, match="schedule"):
         compose_config("prune", ["pruning/schedule=sometimes"], tmp_path)
-    with pytest.raises(ValueError, match=r"pruning.target must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"pruning.target: must be a number in \[0, 1\)"):
         run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning.target=1.2"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_prune(tmp_path, [f"ckpt_path={tmp_path / 'nope.ckpt'}"])
