@@ -92,7 +92,7 @@ def test_inf_activations_are_detected_before_they_reach_the_histograms():
     with torch.no_grad():
         assert torch.isposinf(layers[0].conv(batches()[0][0])).all()
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
-        collect_statistics(net, layers, batches, 10, bins=4)
+        collect_statistics(net, layers[:1], batches, 10, bins=4)  # only the layer whose maps are +inf
 
 
 @pytest.mark.parametrize("overrides", [["logger=many"], ["debug=default"], ["debug=fdr"], ["debug=limit"],
