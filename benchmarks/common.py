@@ -7,8 +7,15 @@ import time
 from pathlib import Path
 
 import torch
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
 
 from datamodules import CIFAR10JPEGDataModule, InMemoryImageDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -45,6 +52,17 @@ def cifar_datamodule(batch_size: int) -> InMemoryImageDataModule:
         dm = SyntheticCIFAR(batch_size=batch_size)
     dm.setup()
     return dm
+
+
+def compose(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``overrides`` (Hydra's compose API), writing under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose_config(config_name=name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+    return cfg
 
 
 def print_json(figures: dict) -> None:

@@ -89,6 +89,7 @@ class PruningRun:
     def __init__(self, cfg: DictConfig, checked: CheckedRun) -> None:
         self.cfg, self.metric = cfg, checked.metric
         self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}  # wall seconds per phase, in the order they ran
         self.out = Path(cfg.paths.output_dir)
         self.datamodule = checked.datamodule
         self.loggers = instantiate_group(cfg.get("logger"))
@@ -114,18 +115,29 @@ class PruningRun:
                            logger=self.loggers if fit else False, enable_checkpointing=fit,
                            default_root_dir=str(self.out / phase))
 
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the wall time of the body to ``self.phases[phase]`` (``results.json``'s ``phase_s``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
+
     def test(self, model: ImageClassifier, phase: str) -> dict[str, float]:
-        metrics = self.trainer(phase).test(model, datamodule=self.datamodule, verbose=False)[0]
+        with self.timed(phase):
+            metrics = self.trainer(phase).test(model, datamodule=self.datamodule, verbose=False)[0]
         return {k.removeprefix("test/"): float(v) for k, v in metrics.items()}
 
     def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None) -> None:
         """Train ``model`` for ``epochs`` in a fresh Trainer (resuming from ``ckpt_path``), then load its best
         checkpoint's weights."""
-        trainer = self.trainer(phase, max_epochs=epochs, fit=True)
-        trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-        best = best_checkpoint(trainer)
-        if best:
-            model.load_state_dict(read_checkpoint(best)["state_dict"])
+        with self.timed(phase):
+            trainer = self.trainer(phase, max_epochs=epochs, fit=True)
+            trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            best = best_checkpoint(trainer)
+            if best:
+                model.load_state_dict(read_checkpoint(best)["state_dict"])
 
     # -- phases ------------------------------------------------------------------------------------------------
     def baseline(self) -> ImageClassifier:
@@ -153,7 +165,8 @@ class PruningRun:
         """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks)."""
         scoring = ChannelScoring(self.metric, stats=resolved(self.cfg.pruning.stats), save_dir=str(self.out / step_dir),
                                  stage="validate")
-        self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        with self.timed(f"{step_dir}/statistics"):
+            self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
         if self.is_global_zero():
             for logger in self.loggers:
                 log_score_histograms(logger, step_dir, scoring.scores)
@@ -186,7 +199,8 @@ class PruningRun:
         if images > 0:
             stats = self.cfg.pruning.stats
             batches = self.datamodule.calibration_batches(images, stats.batch_size, stats.seed, model.device)
-            recalibrate_batchnorm(model.net, batches)
+            with self.timed("recalibration"):
+                recalibrate_batchnorm(model.net, batches)
 
     def finetune_settings(self, model: ImageClassifier, epochs: int) -> None:
         """Fine-tuning runs at ``finetune.lr`` with the scheduler stretched over its own ``epochs``."""
@@ -195,6 +209,7 @@ class PruningRun:
             model.hparams.scheduler["T_max"] = max(1, int(epochs))
 
     def save_state(self, state: dict[str, Any]) -> None:
+        state["phases"] = dict(self.phases)
         if self.is_global_zero():
             (self.out / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -209,6 +224,7 @@ class PruningRun:
                 raise ValueError(f"{self.out} holds an interrupted run with other settings; rerun with those "
                                  f"settings to resume it, or choose another output directory")
             log.info("resuming the fine-tune from %s", last)
+            self.phases.update(state.get("phases", {}))
             model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=False)
             resume = str(last)
         else:
@@ -232,8 +248,9 @@ class PruningRun:
                              schedule.get("finetune_epochs", 0))
         channels_before = {layer.name: layer.num_channels for layer in layers}
         for i, step in enumerate(plan):
-            keep = self.select(model, self.scores(model, f"step_{i}"), step, dense)
-            slim_classifier(model, keep)
+            scores = self.scores(model, f"step_{i}")
+            with self.timed(f"step_{i}/selection_slimming"):
+                slim_classifier(model, self.select(model, scores, step, dense))
             if step.finetune_epochs:
                 self.finetune_settings(model, step.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
@@ -261,7 +278,8 @@ class PruningRun:
     def connection_errors(self, model: ImageClassifier, layers: dict, step_dir: str) -> dict[str, torch.Tensor]:
         stats = self.cfg.pruning.stats
         scoring = ConnectionScoring(self.metric, layers, stats.num_images, stats.batch_size, stats.seed)
-        self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        with self.timed(f"{step_dir}/statistics"):
+            self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
         return scoring.errors
 
     def run_connections(self) -> dict[str, Any]:
@@ -277,9 +295,10 @@ class PruningRun:
         masks = None
         for i, density in enumerate(density_schedule(1.0 - float(self.cfg.pruning.target), steps)):
             errors = self.connection_errors(model, layers, f"step_{i}")
-            masks = connection_masks(errors, density, self.metric.hcep_fraction, previous=masks,
-                                     threshold=self.metric.threshold)
-            apply_connection_masks(layers, masks)
+            with self.timed(f"step_{i}/selection_masking"):
+                masks = connection_masks(errors, density, self.metric.hcep_fraction, previous=masks,
+                                         threshold=self.metric.threshold)
+                apply_connection_masks(layers, masks)
             if i < steps - 1 and schedule.get("finetune_epochs", 0):
                 self.finetune_settings(model, schedule.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", schedule.finetune_epochs)
@@ -335,6 +354,7 @@ class PruningRun:
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
             "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
+            "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "settings_digest": settings_digest(self.cfg),
         }
         if self.is_global_zero():

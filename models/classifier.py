@@ -28,6 +28,11 @@ def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def cpu_has_avx2() -> bool:
+    """Whether PyTorch runs this CPU's kernels with AVX2 or a wider instruction set."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16", "AMX")
+
+
 def _plain(cfg: Any) -> Any:
     """A config as plain containers (checkpoint-, logger- and pickle-friendly)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -46,6 +51,10 @@ class ImageClassifier(pl.LightningModule):
         optimizer: partial optimizer config (``_partial_: true``), called with the parameters.
         scheduler: partial LR-scheduler config called with the optimizer, or None.
         input_shape: ``(C, H, W)`` of one image, for the FLOP count and the example input.
+        channels_last: run the network in the channels-last memory format (weights and every batch); ``auto``: on
+            the CPU when it has AVX2 or better (measured faster there: docs/results/performance.md), off elsewhere.
+        compile: train and evaluate through ``torch.compile(net)`` (compiled on the first batch; statistics and
+            slimming use the plain network).
     """
 
     def __init__(
@@ -54,10 +63,16 @@ class ImageClassifier(pl.LightningModule):
         optimizer: dict,
         scheduler: dict | None = None,
         input_shape: tuple[int, int, int] | list[int] = (3, 32, 32),
+        channels_last: bool | str = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last must be true, false or auto, got {channels_last!r}")
         self.save_hyperparameters({"net": _plain(net), "optimizer": _plain(optimizer),
-                                   "scheduler": _plain(scheduler), "input_shape": list(input_shape)})
+                                   "scheduler": _plain(scheduler), "input_shape": list(input_shape),
+                                   "channels_last": channels_last, "compile": bool(compile)})
+        self._compiled: dict[str, Any] = {}  # torch.compile(net), kept out of the module tree and the state dict
         self.net = instantiate(self.hparams.net)
         self.num_classes = int(self.hparams.net["num_classes"])
         self.example_input_array = torch.zeros(1, *input_shape)
@@ -68,8 +83,27 @@ class ImageClassifier(pl.LightningModule):
         collection = MetricCollection(metrics)
         self.metrics = torch.nn.ModuleDict({f"{s}_metrics": collection.clone(prefix=f"{s}/") for s in ("train", "val", "test")})
 
+    def uses_channels_last(self) -> bool:
+        """Whether batches and weights go channels-last on the module's current device."""
+        setting = self.hparams.get("channels_last", False)
+        if setting == "auto":
+            return self.device.type == "cpu" and cpu_has_avx2()
+        return bool(setting)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_channels_last() and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.hparams.get("compile"):
+            if self._compiled.get("net") is None or self._compiled["net"]._orig_mod is not self.net:
+                self._compiled["net"] = torch.compile(self.net)
+            return self._compiled["net"](x)
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        """Weights in the configured memory format before a fit, validation or test (a slimmed network's new
+        weights are converted here too)."""
+        if self.uses_channels_last():
+            self.net.to(memory_format=torch.channels_last)
 
     def on_fit_start(self) -> None:
         sizes = {"model/params": count_parameters(self.net),

@@ -25,6 +25,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
 OPTIONAL = ("storage_reduction", "wall_s")
+#: how the phases in results.json's ``phase_s`` are grouped in the report's time table, in pipeline order
+PHASE_GROUPS = ("baseline", "statistics", "selection and slimming", "fine-tunes between steps",
+                "BatchNorm re-estimation", "final fine-tune", "tests")
+
+
+def phase_group(phase: str) -> str:
+    """The time-table column of a phase name recorded by the pipeline (``step_0/statistics``, ``finetune``...)."""
+    if phase.endswith("_test"):
+        return "tests"
+    if phase.endswith("/statistics"):
+        return "statistics"
+    if "/selection" in phase:
+        return "selection and slimming"
+    if phase.startswith("step_") and phase.endswith("_finetune"):
+        return "fine-tunes between steps"
+    return {"baseline": "baseline", "finetune": "final fine-tune", "recalibration": "BatchNorm re-estimation"}[phase]
+
+
+def grouped_phases(run: dict) -> dict[str, float]:
+    """Seconds per :data:`PHASE_GROUPS` column of one run, and ``other`` (wall time outside every phase: start-up,
+    validation of the config, saving)."""
+    groups = dict.fromkeys(PHASE_GROUPS, 0.0)
+    for phase, seconds in run["phase_s"].items():
+        groups[phase_group(phase)] += seconds
+    groups["other"] = run["wall_s"] - sum(groups.values())
+    return groups
 
 
 def load_runs(*sweep_dirs: str | Path, by: tuple[str, ...] = ()) -> list[dict]:
@@ -101,6 +127,9 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         for optional in OPTIONAL:
             if all(optional in m for m in members):
                 row[optional] = mean_std([m[optional] for m in members])
+        if all("phase_s" in m for m in members):
+            per_run = [grouped_phases(m) for m in members]
+            row["phases"] = {k: statistics.fmean(p[k] for p in per_run) for k in per_run[0]}
         rows.append(row)
     return sorted(rows, key=lambda r: (r["scope"], r["schedule"], r["target"], *(r[k] for k in by),
                                        -r["acc_finetuned"][0]))
@@ -144,6 +173,22 @@ def markdown_table(rows: list[dict]) -> str:
         if timed:
             line += f" {r['wall_s'][0] / 60:.1f} |" if "wall_s" in r else " - |"
         lines.append(line)
+    return "\n".join(lines) + "\n" + phase_table(rows)
+
+
+def phase_table(rows: list[dict]) -> str:
+    """Where each row's wall time went: mean seconds per job in every phase group (rows that recorded phases)."""
+    timed = [r for r in rows if "phases" in r]
+    if not timed:
+        return ""
+    columns = [c for c in (*PHASE_GROUPS, "other") if any(r["phases"][c] > 0 for r in timed)]
+    lines = ["", "Wall time per job by phase (seconds, mean over runs):", "",
+             "| metric | scope | schedule | target | " + " | ".join(columns) + " | total |",
+             "|" + "---|" * (5 + len(columns))]
+    for r in timed:
+        lines.append(f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
+                     + " | ".join(f"{r['phases'][c]:.1f}" for c in columns)
+                     + f" | {sum(r['phases'].values()):.1f} |")
     return "\n".join(lines) + "\n"
 
 

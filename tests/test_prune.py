@@ -110,6 +110,21 @@ def test_global_scope_normalisation_auto_and_a_flops_budget(tmp_path, baseline, 
     assert results["channels_after"] == {n: len(k) for n, k in keep.items()}
 
 
+def test_results_record_wall_time_per_phase_and_the_report_shows_it(tmp_path, baseline):
+    results = run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5",
+                                   "pruning.recalibrate_bn_images=256"])
+    phases = results["phase_s"]
+    assert list(phases) == ["baseline_test", "step_0/statistics", "step_0/selection_slimming", "recalibration",
+                            "pruned_test", "finetune", "finetuned_test"]
+    assert all(seconds > 0 for seconds in phases.values()) and sum(phases.values()) < results["wall_s"]
+    table, _ = write_report(tmp_path / "run", out=tmp_path / "report")
+    text = table.read_text()
+    header = next(line for line in text.splitlines() if line.endswith("| total |"))
+    assert header.split(" | ")[4:] == ["statistics", "selection and slimming", "BatchNorm re-estimation",
+                                       "final fine-tune", "tests", "other", "total |"]
+    assert f"| {sum(phases.values()) + (results['wall_s'] - sum(phases.values())):.1f} |" in text
+
+
 def test_batchnorm_is_re_estimated_after_pruning_when_asked(tmp_path, baseline):
     common = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=0"]
     run_prune(tmp_path, common, "plain")

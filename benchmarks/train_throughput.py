@@ -1,0 +1,194 @@
+"""Where does a training step's time go? Training images/s of a plain PyTorch loop and of ``ImageClassifier`` under a
+Lightning Trainer configured as ``train.py`` configures it (same network, in-memory data, augmentation and
+optimizer), for SimpleNet x0.25 on CIFAR-10-JPEG and LeNet-5 on MNIST, and the effect of every speed setting:
+channels-last memory format (``model.channels_last``), ``torch.compile`` of the network (``model.compile``),
+bfloat16 autocast (``trainer.precision=bf16-mixed``) and, for sweeps, two one-thread jobs side by side against one
+two-thread job (images/s of the whole machine).
+
+    DATA_DIR=../shared/datasets python -m benchmarks.train_throughput [--batches 20] [--warmup 3]
+
+Steady state only: the first ``--warmup`` batches (allocator warm-up, compilation) are not timed, nor is the
+Trainer's set-up. Without the datasets under DATA_DIR, synthetic images of the same shapes are used. Last line:
+JSON with ``lightning_over_plain_<network>`` (goal: at least 0.95), ``best_over_current_<network>`` and every
+measured images/s."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import SyntheticCIFAR, cifar_datamodule, compose, print_json
+from datamodules import InMemoryImageDataModule, MNISTDataModule
+from infoprune.builders import build_model
+from infoprune.training import build_trainer
+
+#: network -> (train.py overrides that configure it, batch size)
+NETWORKS = {
+    "simplenet": (["experiment=simplenet_cifar10_cpu"], 128),
+    "lenet5": (["experiment=lenet5_mnist"], 64),
+}
+#: speed settings measured under Lightning, as train.py overrides
+SETTINGS = {
+    "current": [],
+    "channels_last": ["model.channels_last=true"],
+    "compile": ["model.compile=true"],
+    "compile+channels_last": ["model.compile=true", "model.channels_last=true"],
+    "bf16_autocast": ["trainer.precision=bf16-mixed"],
+}
+
+
+class SyntheticMNIST(SyntheticCIFAR):
+    """MNIST-shaped random uint8 images (used when the real MNIST is not under DATA_DIR)."""
+
+    name, in_channels, image_size = "synthetic MNIST", 1, 28
+    mean, std = (0.1307,), (0.3081,)
+
+    def load(self, train: bool):
+        g = torch.Generator().manual_seed(int(train))
+        n = 60000 if train else 10000
+        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,))
+
+
+def datamodule(network: str, batch_size: int) -> InMemoryImageDataModule:
+    """The network's dataset from DATA_DIR when present, else synthetic images of its shape."""
+    if network == "simplenet":
+        return cifar_datamodule(batch_size)
+    data_dir = os.environ.get("DATA_DIR")
+    if data_dir and (Path(data_dir) / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        dm = MNISTDataModule(data_dir=data_dir, batch_size=batch_size, crop_padding=0)
+    else:
+        dm = SyntheticMNIST(batch_size=batch_size, crop_padding=0, flip=False)
+    dm.setup()
+    return dm
+
+
+def config(network: str, setting: list[str], batches: int):
+    """The train.py config of ``network`` with ``setting``, stopped after ``batches`` training batches and without
+    validation (not part of training throughput), writing to a temporary folder."""
+    overrides, batch_size = NETWORKS[network]
+    return compose("train", overrides + setting + [
+        "trainer.max_epochs=1", f"+trainer.limit_train_batches={batches}", "+trainer.limit_val_batches=0",
+        "trainer.accelerator=cpu", f"datamodule.batch_size={batch_size}", "test=false"],
+        Path(tempfile.mkdtemp(prefix="train_throughput-")))
+
+
+class StepClock(pl.Callback):
+    """Wall time from the start of training batch ``warmup`` to the end of the last one."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.end, self.batches = time.perf_counter(), self.batches + 1
+
+
+def lightning_images_per_s(network: str, setting: list[str], batches: int, warmup: int) -> float:
+    """Steady-state training images/s of ImageClassifier in the Trainer train.py builds."""
+    overrides, batch_size = NETWORKS[network]
+    data = datamodule(network, batch_size)
+    cfg = config(network, setting, batches + warmup)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    clock = StepClock(warmup)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(clock)
+    trainer.fit(model, datamodule=data)
+    return clock.batches * batch_size / (clock.end - clock.start)
+
+
+def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: bool = False,
+                       compile_net: bool = False, bf16: bool = False) -> float:
+    """Steady-state training images/s of the same network, data, augmentation and optimizer in a plain loop."""
+    overrides, batch_size = NETWORKS[network]
+    data = datamodule(network, batch_size)
+    cfg = config(network, [], batches + warmup)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    net = model.net.train()
+    optimizer = model.configure_optimizers()["optimizer"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    forward = torch.compile(net) if compile_net else net
+    loader = iter(data.train_dataloader())
+    start, done = None, 0
+    for i in range(batches + warmup):
+        if i == warmup:
+            start = time.perf_counter()
+        images, labels = next(loader)
+        x = data.transform_batch(images, train=True).contiguous(memory_format=memory_format)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(forward(x), labels)
+        loss.backward()
+        optimizer.step()
+        done += i >= warmup
+    return done * batch_size / (time.perf_counter() - start)
+
+
+def machine_images_per_s(network: str, jobs: int, batches: int, warmup: int) -> float:
+    """Images/s of the whole machine with ``jobs`` plain-loop processes side by side, each with
+    ``cores / jobs`` threads."""
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--plain-only", network, "--batches", str(batches),
+           "--warmup", str(warmup)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+    return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=20, help="timed training batches per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--plain-only", choices=list(NETWORKS), help=argparse.SUPPRESS)  # one process of a sweep
+    args = parser.parse_args()
+    if args.plain_only:
+        print(plain_images_per_s(args.plain_only, args.batches, args.warmup))
+        return
+    figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(),
+                                             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    rows = []
+    for network in args.networks:
+        plain = {
+            "contiguous": plain_images_per_s(network, args.batches, args.warmup),
+            "channels_last": plain_images_per_s(network, args.batches, args.warmup, channels_last=True),
+            "compile": plain_images_per_s(network, args.batches, args.warmup, compile_net=True),
+            "bf16_autocast": plain_images_per_s(network, args.batches, args.warmup, bf16=True),
+        }
+        lightning = {name: lightning_images_per_s(network, setting, args.batches, args.warmup)
+                     for name, setting in SETTINGS.items()}
+        machine = {f"{jobs}x{2 // jobs}": machine_images_per_s(network, jobs, args.batches, args.warmup)
+                   for jobs in (1, 2)}
+        figures[f"lightning_over_plain_{network}"] = round(lightning["current"] / plain["contiguous"], 3)
+        best = max(lightning, key=lightning.get)
+        figures[f"best_setting_{network}"] = best
+        figures[f"best_over_current_{network}"] = round(lightning[best] / lightning["current"], 3)
+        figures[f"two_jobs_over_one_{network}"] = round(machine["2x1"] / machine["1x2"], 3)
+        for kind, values in (("plain", plain), ("lightning", lightning), ("machine", machine)):
+            for name, value in values.items():
+                figures[f"{network}/{kind}/{name}"] = round(value, 1)
+                rows.append((network, kind, name, value))
+    print(f"{'network':10s}{'loop':11s}{'setting':24s}{'images/s':>10s}")
+    for network, kind, name, value in rows:
+        print(f"{network:10s}{kind:11s}{name:24s}{value:>10.1f}")
+    print(f"(CPU {figures['cpu_capability']}, {figures['threads']} threads; 'machine': jobs x threads per job, plain "
+          f"loops side by side, images/s summed)")
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()
