@@ -27,6 +27,7 @@ from callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.io import atomic_save
+from infoprune.threads import apply_job_threads
 from infoprune.training import best_checkpoint
 from infoprune.validation import CheckedRun, validate_pruning
 from models.classifier import ImageClassifier, count_flops, count_parameters
@@ -355,6 +356,7 @@ class PruningRun:
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
             "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
             "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
+            "threads": torch.get_num_threads(),
             "settings_digest": settings_digest(self.cfg),
         }
         if self.is_global_zero():
@@ -425,6 +427,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     if finished is not None:
         print(f"{cfg.paths.output_dir} already holds this run's results; nothing to do")
         return finished
+    apply_job_threads(cfg.get("threads", "auto"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_dir=cfg.paths.output_dir)

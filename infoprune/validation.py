@@ -204,7 +204,9 @@ def check_example_forward(model: ImageClassifier, cfg: DictConfig) -> None:
 
 
 def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier]:
-    """Trainer, callbacks, loggers, data and network: what train.py and prune.py share."""
+    """Threads, trainer, callbacks, loggers, data and network: what train.py and prune.py share."""
+    if setting(cfg, "threads", "auto") != "auto":
+        check_int(cfg, "threads", 1)
     check_trainer(cfg)
     check_targets(cfg.get("callbacks"), "callbacks")
     check_targets(cfg.get("logger"), "logger")

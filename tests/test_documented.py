@@ -113,3 +113,12 @@ def test_documented_config_groups_compose(overrides, tmp_path, monkeypatch):
         else:
             expected = {"gpu": ("gpu", 1, None), "ddp": ("gpu", -1, "ddp"), "ddp_cpu": ("cpu", 2, "ddp")}[option]
             assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.get("strategy")) == expected
+
+
+def test_job_threads_share_the_cores_among_parallel_jobs(monkeypatch):
+    from infoprune import threads
+
+    monkeypatch.setattr(threads, "parallel_jobs", lambda: 1)
+    assert threads.job_threads("auto", cores=8) is None and threads.job_threads(3, cores=8) == 3
+    monkeypatch.setattr(threads, "parallel_jobs", lambda: 2)
+    assert threads.job_threads("auto", cores=8) == 4 and threads.job_threads("auto", cores=1) == 1

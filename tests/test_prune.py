@@ -239,6 +239,7 @@ def test_two_job_multirun_and_report(tmp_path, baseline):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = load_runs(sweep)
     assert sorted(r["metric"] for r in runs) == ["l1_out", "mi"]
+    assert all(r["threads"] == max(1, os.cpu_count() // 2) for r in runs)  # two jobs share the cores
     table, figure = write_report(sweep)
     assert figure.stat().st_size > 1000
     text = table.read_text()

@@ -53,7 +53,9 @@ BAD_PRUNE = [
     (["finetune.lr=0"], "finetune.lr"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["+logger.extra._target_=no.such.Logger"], "logger.extra._target_"),
-    (["model.net.pool_after=[0,1,2,3,4,5,6]"], "model.net"),  # 8x8 digits pooled below 1x1
+    (["model.net.pool_after=[0,1,2,3,4,5,6]"], "model.net"),
+    (["threads=0"], "threads"),
+    (["threads=many"], "threads"),  # 8x8 digits pooled below 1x1
 ]
 if not torch.cuda.is_available():
     BAD_PRUNE.append((["trainer=gpu"], "trainer.accelerator"))
