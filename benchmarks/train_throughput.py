@@ -5,10 +5,12 @@ channels-last memory format (``model.channels_last``), ``torch.compile`` of the 
 bfloat16 autocast (``trainer.precision=bf16-mixed``) and, for sweeps, two one-thread jobs side by side against one
 two-thread job (images/s of the whole machine).
 
-    DATA_DIR=../shared/datasets python -m benchmarks.train_throughput [--batches 20] [--warmup 3]
+    DATA_DIR=../shared/datasets python -m benchmarks.train_throughput [--repeats 2] [--batches N] [--warmup 3]
 
 Steady state only: the first ``--warmup`` batches (allocator warm-up, compilation) are not timed, nor is the
-Trainer's set-up. Without the datasets under DATA_DIR, synthetic images of the same shapes are used. Last line:
+Trainer's set-up. Each figure is the best of ``--repeats`` measurements (interference only ever slows a run down);
+the timed batches default to about ten seconds of training per measurement (bfloat16 autocast, an order of magnitude
+slower where the CPU has no bf16 units, is measured once on a twelfth of them). Without the datasets under DATA_DIR, synthetic images of the same shapes are used. Last line:
 JSON with ``lightning_over_plain_<network>`` (goal: at least 0.95), ``best_over_current_<network>`` and every
 measured images/s."""
 from __future__ import annotations
@@ -30,10 +32,10 @@ from datamodules import InMemoryImageDataModule, MNISTDataModule
 from infoprune.builders import build_model
 from infoprune.training import build_trainer
 
-#: network -> (train.py overrides that configure it, batch size)
+#: network -> (train.py overrides that configure it, batch size, timed batches by default)
 NETWORKS = {
-    "simplenet": (["experiment=simplenet_cifar10_cpu"], 128),
-    "lenet5": (["experiment=lenet5_mnist"], 64),
+    "simplenet": (["experiment=simplenet_cifar10_cpu"], 128, 24),
+    "lenet5": (["experiment=lenet5_mnist"], 64, 300),
 }
 #: speed settings measured under Lightning, as train.py overrides
 SETTINGS = {
@@ -73,7 +75,7 @@ def datamodule(network: str, batch_size: int) -> InMemoryImageDataModule:
 def config(network: str, setting: list[str], batches: int):
     """The train.py config of ``network`` with ``setting``, stopped after ``batches`` training batches and without
     validation (not part of training throughput), writing to a temporary folder."""
-    overrides, batch_size = NETWORKS[network]
+    overrides, batch_size, _ = NETWORKS[network]
     return compose("train", overrides + setting + [
         "trainer.max_epochs=1", f"+trainer.limit_train_batches={batches}", "+trainer.limit_val_batches=0",
         "trainer.accelerator=cpu", f"datamodule.batch_size={batch_size}", "test=false"],
@@ -97,7 +99,7 @@ class StepClock(pl.Callback):
 
 def lightning_images_per_s(network: str, setting: list[str], batches: int, warmup: int) -> float:
     """Steady-state training images/s of ImageClassifier in the Trainer train.py builds."""
-    overrides, batch_size = NETWORKS[network]
+    overrides, batch_size, _ = NETWORKS[network]
     data = datamodule(network, batch_size)
     cfg = config(network, setting, batches + warmup)
     torch.manual_seed(0)
@@ -112,7 +114,7 @@ def lightning_images_per_s(network: str, setting: list[str], batches: int, warmu
 def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: bool = False,
                        compile_net: bool = False, bf16: bool = False) -> float:
     """Steady-state training images/s of the same network, data, augmentation and optimizer in a plain loop."""
-    overrides, batch_size = NETWORKS[network]
+    overrides, batch_size, _ = NETWORKS[network]
     data = datamodule(network, batch_size)
     cfg = config(network, [], batches + warmup)
     torch.manual_seed(0)
@@ -151,7 +153,9 @@ def machine_images_per_s(network: str, jobs: int, batches: int, warmup: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=20, help="timed training batches per measurement")
+    parser.add_argument("--batches", type=int, help="timed training batches per measurement (default: per network)")
+    parser.add_argument("--repeats", type=int, default=2, help="measurements per figure (the best is kept)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings (quick runs)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--plain-only", choices=list(NETWORKS), help=argparse.SUPPRESS)  # one process of a sweep
@@ -159,20 +163,27 @@ def main() -> None:
     if args.plain_only:
         print(plain_images_per_s(args.plain_only, args.batches, args.warmup))
         return
+
+    def best(measure, *a, **k) -> float:
+        return max(measure(*a, **k) for _ in range(args.repeats))
+
     figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(),
                                              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     rows = []
     for network in args.networks:
+        n = args.batches or NETWORKS[network][2]
+        slow = max(2, n // 12)  # bf16 autocast: an order of magnitude slower without bf16 units, measured once
         plain = {
-            "contiguous": plain_images_per_s(network, args.batches, args.warmup),
-            "channels_last": plain_images_per_s(network, args.batches, args.warmup, channels_last=True),
-            "compile": plain_images_per_s(network, args.batches, args.warmup, compile_net=True),
-            "bf16_autocast": plain_images_per_s(network, args.batches, args.warmup, bf16=True),
+            "contiguous": best(plain_images_per_s, network, n, args.warmup),
+            "channels_last": best(plain_images_per_s, network, n, args.warmup, channels_last=True),
+            **({} if args.no_compile else
+               {"compile": best(plain_images_per_s, network, n, args.warmup, compile_net=True)}),
+            "bf16_autocast": plain_images_per_s(network, slow, 1, bf16=True),
         }
-        lightning = {name: lightning_images_per_s(network, setting, args.batches, args.warmup)
-                     for name, setting in SETTINGS.items()}
-        machine = {f"{jobs}x{2 // jobs}": machine_images_per_s(network, jobs, args.batches, args.warmup)
-                   for jobs in (1, 2)}
+        lightning = {name: lightning_images_per_s(network, setting, slow, 1) if "bf16" in name
+                     else best(lightning_images_per_s, network, setting, n, args.warmup)
+                     for name, setting in SETTINGS.items() if not (args.no_compile and "compile" in name)}
+        machine = {f"{jobs}x{2 // jobs}": best(machine_images_per_s, network, jobs, n, args.warmup) for jobs in (1, 2)}
         figures[f"lightning_over_plain_{network}"] = round(lightning["current"] / plain["contiguous"], 3)
         best = max(lightning, key=lightning.get)
         figures[f"best_setting_{network}"] = best

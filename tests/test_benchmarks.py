@@ -16,6 +16,10 @@ CASES = {
     "stats_overhead": (["--images", "64", "--repeats", "1", "--simplenet-width", "0.125", "--batch-size", "32"],
                        "stats_over_inference"),
     "slim_latency": (["--width", "0.125", "--repeats", "1", "--batch-size", "4"], "speedup_over_flop_ratio"),
+    "train_throughput": (["--networks", "lenet5", "--batches", "2", "--warmup", "1", "--repeats", "1", "--no-compile"],
+                         "lightning_over_plain_lenet5"),
+    "job_time_budget": (["trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=256",
+                         "trainer.accelerator=cpu", "logger=none"], "outside_network_share"),
 }
 
 
@@ -33,6 +37,11 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, tmp_path):
         assert 0 <= figures[key] <= 1  # a share of the step time
     if name == "stats_overhead":
         assert figures["memory_flat"] is True  # the statistics state does not grow with the number of images
+    if name == "train_throughput":  # the best setting is one of those measured, the current one included
+        assert figures["best_over_current_lenet5"] >= 1 and figures["lenet5/machine/2x1"] > 0
+    if name == "job_time_budget":  # a share of the wall time; the network ran forward and backward
+        assert 0 < figures[key] < 1 and figures["forward_s"] > 0 and figures["backward_s"] > 0
+        assert figures["phase/finetune"] > 0
     if name == "slim_latency":  # FLOP counts are exact: the ratio printed is the one the figures hold
         assert figures["flop_ratio"] > 1 and figures["slim_vs_dense"] > 0
         assert figures["speedup_over_flop_ratio"] == pytest.approx(figures["speedup"] / figures["flop_ratio"],

@@ -114,10 +114,9 @@ def test_bad_connection_settings_are_rejected():
         prunable_weights(LeNet5(), exclude=["classifier.9"])
 
 
-@pytest.fixture(scope="module")
-def small_trained():
-    """LeNet-5 (padded for 8x8) trained briefly on digits, and a calibration batch."""
-    torch.manual_seed(0)
+def train_small_lenet(seed: int):
+    """LeNet-5 (padded for 8x8) trained briefly on digits (full batch, Adam), and a calibration batch."""
+    torch.manual_seed(seed)
     dm = DigitsDataModule()
     dm.setup()
     net = LeNet5(input_size=8, padding=2, channels=[6, 8, 32])
@@ -128,6 +127,18 @@ def small_trained():
         nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
     return net, x[:512], y[:512]
+
+
+@pytest.fixture(scope="module")
+def small_trained():
+    return train_small_lenet(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_first_order_error_ranking_margin_holds_for_every_seed(seed):
+    """The margin of the ranking test below, over seeds (docs/testing.md)."""
+    test_first_order_error_ranks_like_the_exact_loss_increase(train_small_lenet(seed))
 
 
 def test_first_order_error_ranks_like_the_exact_loss_increase(small_trained):

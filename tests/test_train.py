@@ -52,6 +52,14 @@ def test_digits_default_learns_and_returns_the_optimized_metric(make_cfg, tmp_pa
         metric_value(metrics, "val/nonexistent")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_digits_learning_margin_holds_for_every_seed(make_cfg, seed):
+    """The margin of the learning test above, over seeds (docs/testing.md; run with 1 and 2 threads)."""
+    metrics = train(make_cfg(FAST + ["trainer.max_epochs=10", "trainer.accelerator=cpu", f"seed={seed}"]))
+    assert metrics["test/acc"] > 0.8
+
+
 def test_train_false_evaluates_a_checkpoint_on_val_and_test(make_cfg, tmp_path):
     trained = train(make_cfg(FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu"]))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
