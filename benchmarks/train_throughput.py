@@ -185,14 +185,15 @@ def main() -> None:
                      for name, setting in SETTINGS.items() if not (args.no_compile and "compile" in name)}
         machine = {f"{jobs}x{2 // jobs}": best(machine_images_per_s, network, jobs, n, args.warmup) for jobs in (1, 2)}
         figures[f"lightning_over_plain_{network}"] = round(lightning["current"] / plain["contiguous"], 3)
-        best = max(lightning, key=lightning.get)
-        figures[f"best_setting_{network}"] = best
-        figures[f"best_over_current_{network}"] = round(lightning[best] / lightning["current"], 3)
+        winner = max(lightning, key=lightning.get)
+        figures[f"best_setting_{network}"] = winner
+        figures[f"best_over_current_{network}"] = round(lightning[winner] / lightning["current"], 3)
         figures[f"two_jobs_over_one_{network}"] = round(machine["2x1"] / machine["1x2"], 3)
         for kind, values in (("plain", plain), ("lightning", lightning), ("machine", machine)):
             for name, value in values.items():
                 figures[f"{network}/{kind}/{name}"] = round(value, 1)
                 rows.append((network, kind, name, value))
+                print(f"measured: {network} {kind} {name} {value:.1f} images/s", file=sys.stderr, flush=True)
     print(f"{'network':10s}{'loop':11s}{'setting':24s}{'images/s':>10s}")
     for network, kind, name, value in rows:
         print(f"{network:10s}{kind:11s}{name:24s}{value:>10.1f}")

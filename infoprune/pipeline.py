@@ -98,9 +98,10 @@ class PruningRun:
             logger.log_hyperparams(flatten(resolved(cfg)))
 
     # -- trainers ----------------------------------------------------------------------------------------------
-    def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None) -> pl.Trainer:
+    def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,
+                **overrides: Any) -> pl.Trainer:
         """A fresh Trainer for ``phase``; fit phases get the configured callbacks, checkpointing into
-        ``<output>/<phase>/checkpoints``."""
+        ``<output>/<phase>/checkpoints``; ``overrides`` are Trainer arguments."""
         group = []
         if fit and self.cfg.get("callbacks"):
             callbacks_cfg = OmegaConf.create(resolved(self.cfg.callbacks))
@@ -114,7 +115,15 @@ class PruningRun:
             group = instantiate_group(OmegaConf.create(resolved(OmegaConf.create(bars))))
         return instantiate(self.cfg.trainer, max_epochs=max_epochs, callbacks=group + list(callbacks or []),
                            logger=self.loggers if fit else False, enable_checkpointing=fit,
-                           default_root_dir=str(self.out / phase))
+                           default_root_dir=str(self.out / phase), **overrides)
+
+    def collect(self, step_dir: str, callback: pl.Callback, model: ImageClassifier) -> None:
+        """Run a statistics callback (channel scoring, connection errors) inside a validate run, the way every
+        process of a DDP job reaches it; the run's own validation pass is cut to one batch (its metrics are not
+        used)."""
+        with self.timed(f"{step_dir}/statistics"):
+            self.trainer(step_dir, callbacks=[callback], limit_val_batches=1).validate(
+                model, datamodule=self.datamodule, verbose=False)
 
     @contextmanager
     def timed(self, phase: str):
@@ -166,8 +175,7 @@ class PruningRun:
         """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks)."""
         scoring = ChannelScoring(self.metric, stats=resolved(self.cfg.pruning.stats), save_dir=str(self.out / step_dir),
                                  stage="validate")
-        with self.timed(f"{step_dir}/statistics"):
-            self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        self.collect(step_dir, scoring, model)
         if self.is_global_zero():
             for logger in self.loggers:
                 log_score_histograms(logger, step_dir, scoring.scores)
@@ -279,8 +287,7 @@ class PruningRun:
     def connection_errors(self, model: ImageClassifier, layers: dict, step_dir: str) -> dict[str, torch.Tensor]:
         stats = self.cfg.pruning.stats
         scoring = ConnectionScoring(self.metric, layers, stats.num_images, stats.batch_size, stats.seed)
-        with self.timed(f"{step_dir}/statistics"):
-            self.trainer(step_dir, callbacks=[scoring]).validate(model, datamodule=self.datamodule, verbose=False)
+        self.collect(step_dir, scoring, model)
         return scoring.errors
 
     def run_connections(self) -> dict[str, Any]:
