@@ -7,7 +7,7 @@ import torchvision
 from hydra.utils import instantiate
 
 from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from models.classifier import count_flops, count_parameters
+from models.classifier import ImageClassifier, count_flops, count_parameters
 
 
 def conv_weights(net: torch.nn.Module) -> int:
@@ -101,3 +101,23 @@ def test_accuracy_is_the_fraction_of_images_classified_correctly_on_unbalanced_l
     logits = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 10).float()  # always predicts class 0
     accuracy = model.metrics["test_metrics"]["test/acc"]
     assert accuracy(logits, labels).item() == pytest.approx(0.8)  # 8 of 10 images; per-class recall would give 1/3
+
+
+def test_channels_last_setting_changes_the_memory_format_not_the_outputs():
+    from models.classifier import cpu_has_avx2
+
+    cfg = {"_target_": "models.SimpleNet", "width": 0.125, "num_classes": 10, "in_channels": 3}
+    optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    torch.manual_seed(0)
+    plain = ImageClassifier(net=cfg, optimizer=optimizer).eval()
+    fast = ImageClassifier(net=cfg, optimizer=optimizer, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.setup("fit")
+    conv = next(m for m in fast.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), atol=1e-4, rtol=1e-4)
+    assert ImageClassifier(net=cfg, optimizer=optimizer, channels_last="auto").uses_channels_last() == cpu_has_avx2()
+    with pytest.raises(ValueError, match="channels_last"):
+        ImageClassifier(net=cfg, optimizer=optimizer, channels_last="sometimes")
