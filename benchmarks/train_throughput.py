@@ -10,9 +10,10 @@ two-thread job (images/s of the whole machine).
 Steady state only: the first ``--warmup`` batches (allocator warm-up, compilation) are not timed, nor is the
 Trainer's set-up. Each figure is the best of ``--repeats`` measurements (interference only ever slows a run down);
 the timed batches default to about ten seconds of training per measurement (bfloat16 autocast, an order of magnitude
-slower where the CPU has no bf16 units, is measured once on a twelfth of them). Without the datasets under DATA_DIR, synthetic images of the same shapes are used. Last line:
-JSON with ``lightning_over_plain_<network>`` (the current configuration against the plain loop in the same memory
-format; goal: at least 0.95), ``best_over_current_<network>`` and every measured images/s."""
+slower where the CPU has no bf16 units, is measured once on a twelfth of them). Without the datasets under
+DATA_DIR, synthetic images of the same shapes are used. Last line: JSON with ``lightning_over_plain_<network>``
+(the current configuration against the plain loop in the same memory format; goal: at least 0.95),
+``best_over_current_<network>`` and every measured images/s."""
 from __future__ import annotations
 
 import argparse
@@ -99,7 +100,7 @@ class StepClock(pl.Callback):
 
 def lightning_images_per_s(network: str, setting: list[str], batches: int, warmup: int) -> float:
     """Steady-state training images/s of ImageClassifier in the Trainer train.py builds."""
-    overrides, batch_size, _ = NETWORKS[network]
+    batch_size = NETWORKS[network][1]
     data = datamodule(network, batch_size)
     cfg = config(network, setting, batches + warmup)
     torch.manual_seed(0)
@@ -114,7 +115,7 @@ def lightning_images_per_s(network: str, setting: list[str], batches: int, warmu
 def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: bool = False,
                        compile_net: bool = False, bf16: bool = False) -> float:
     """Steady-state training images/s of the same network, data, augmentation and optimizer in a plain loop."""
-    overrides, batch_size, _ = NETWORKS[network]
+    batch_size = NETWORKS[network][1]
     data = datamodule(network, batch_size)
     cfg = config(network, [], batches + warmup)
     torch.manual_seed(0)
@@ -142,7 +143,7 @@ def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: b
 
 def current_uses_channels_last(network: str) -> bool:
     """Whether train.py's current configuration of ``network`` trains channels-last on this machine."""
-    overrides, batch_size, _ = NETWORKS[network]
+    batch_size = NETWORKS[network][1]
     return build_model(config(network, [], 1), datamodule(network, batch_size)).uses_channels_last()
 
 

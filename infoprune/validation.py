@@ -22,6 +22,7 @@ from pruning.layers import TAP_POINTS, find_prunable_layers
 from pruning.metrics import ChannelScorer
 from pruning.schedule import SCHEDULES
 from pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
+from pruning.stats import BINNINGS
 
 SCOPES = ("layerwise", "global")
 RESOURCES = ("params", "flops")
@@ -64,10 +65,10 @@ def check_int(cfg: DictConfig, key: str, minimum: int, maximum: int | None = Non
     return value
 
 
-def check_fraction(value: Any, key: str, upper: float = 1.0) -> float:
-    """``value`` as a float in ``[0, upper)``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < upper:
-        raise ConfigError(key, f"must be a number in [0, {upper:g}), got {value!r}")
+def check_fraction(value: Any, key: str) -> float:
+    """``value`` as a float in ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(key, f"must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -107,7 +108,7 @@ def check_stats(cfg: DictConfig, datamodule: ImageDataModule) -> None:
     and at most the training split."""
     check_choice(cfg, "pruning.stats.tap", TAP_POINTS)
     bins = check_int(cfg, "pruning.stats.bins", 2)
-    check_choice(cfg, "pruning.stats.binning", ("width", "frequency"))
+    check_choice(cfg, "pruning.stats.binning", BINNINGS)
     check_int(cfg, "pruning.stats.fine_bins", bins)
     batch = check_int(cfg, "pruning.stats.batch_size", 1)
     check_calibration_images(cfg, "pruning.stats.num_images", datamodule, minimum=batch,

@@ -1,6 +1,7 @@
 """The one LightningModule for image classification; any network of ``models`` plugs into it."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytorch_lightning as pl
@@ -28,6 +29,7 @@ def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+@functools.cache
 def cpu_has_avx2() -> bool:
     """Whether PyTorch runs this CPU's kernels with AVX2 or a wider instruction set."""
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16", "AMX")

@@ -44,8 +44,8 @@ def phase_group(phase: str) -> str:
 
 
 def grouped_phases(run: dict) -> dict[str, float]:
-    """Seconds per :data:`PHASE_GROUPS` column of one run, and ``other`` (wall time outside every phase: start-up,
-    validation of the config, saving)."""
+    """Seconds per :data:`PHASE_GROUPS` column of one run, and ``other`` (the rest of ``wall_s``, which starts after
+    the config check: loggers, parameter and FLOP counts, saving)."""
     groups = dict.fromkeys(PHASE_GROUPS, 0.0)
     for phase, seconds in run["phase_s"].items():
         groups[phase_group(phase)] += seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
@@ -73,3 +74,15 @@ class RecordEpochs(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         RecordEpochs.epochs.append(trainer.current_epoch)
+
+
+def mi_by_hand(counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``sum_{b,y} w_b p(b,y) log(p(b,y) / (p(b) p(y)))`` per channel of ``counts[c, b, y]`` (w = 1 when None)."""
+    out = []
+    for c, joint in enumerate(counts):
+        p = joint / joint.sum()
+        pb, py = p.sum(1), p.sum(0)
+        w = np.ones(len(pb)) if weights is None else weights[c]
+        out.append(sum(w[b] * p[b, y] * np.log(p[b, y] / (pb[b] * py[y]))
+                       for b in range(p.shape[0]) for y in range(p.shape[1]) if p[b, y] > 0))
+    return np.array(out)

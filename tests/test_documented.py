@@ -13,19 +13,7 @@ from models import SimpleNet
 from pruning.layers import find_prunable_layers
 from pruning.metrics import WeightedMutualInformation
 from pruning.stats import LayerStatistics, collect_statistics
-from tests.conftest import compose_config
-
-
-def mi_by_hand(counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """``sum_{b,y} w_b p(b,y) log(p(b,y) / (p(b) p(y)))`` per channel of ``counts[c, b, y]`` (w = 1 when None)."""
-    out = []
-    for c, joint in enumerate(counts):
-        p = joint / joint.sum()
-        pb, py = p.sum(1), p.sum(0)
-        w = np.ones(len(pb)) if weights is None else weights[c]
-        out.append(sum(w[b] * p[b, y] * np.log(p[b, y] / (pb[b] * py[y]))
-                       for b in range(p.shape[0]) for y in range(p.shape[1]) if p[b, y] > 0))
-    return np.array(out)
+from tests.conftest import compose_config, mi_by_hand
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def test_results_record_wall_time_per_phase_and_the_report_shows_it(tmp_path, ba
     header = next(line for line in text.splitlines() if line.endswith("| total |"))
     assert header.split(" | ")[4:] == ["statistics", "selection and slimming", "BatchNorm re-estimation",
                                        "final fine-tune", "tests", "other", "total |"]
-    assert f"| {sum(phases.values()) + (results['wall_s'] - sum(phases.values())):.1f} |" in text
+    assert f"| {results['wall_s']:.1f} |" in text  # the phases and 'other' add up to the job's wall time
 
 
 def test_batchnorm_is_re_estimated_after_pruning_when_asked(tmp_path, baseline):
