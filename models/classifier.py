@@ -135,8 +135,9 @@ class ImageClassifier(pl.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         values = {f"{stage}/loss": self.mean_loss[f"{stage}_loss"].compute(), **metrics.compute()}
         self.log_dict(values, prog_bar=True)
-        self.mean_loss[f"{stage}_loss"].reset()
-        metrics.reset()
+        with torch.inference_mode(False):  # fresh states must stay updatable by a later run outside inference mode
+            self.mean_loss[f"{stage}_loss"].reset()
+            metrics.reset()
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
