@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from pruning.layers import find_prunable_layers
-from pruning.metrics import ChannelScorer
+from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
 from pruning.stats import LayerStatistics, collect_statistics
 from pruning.storage import save_channel_scores
 
@@ -30,9 +30,11 @@ class StatisticsSettings:
 
 
 def score_channels(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: ChannelScorer,
-                   settings: StatisticsSettings) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
-    """Scores of every prunable channel of ``pl_module.net`` by ``metric``; data-driven metrics first collect
-    statistics on the datamodule's calibration images, each process on its own shard, reduced across processes."""
+                   settings: StatisticsSettings, group_reduction: str = "mean"
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
+    """Scores of every prunable channel group of ``pl_module.net`` by ``metric`` (members reduced by
+    ``group_reduction``, see ``pruning.metrics.score_group``); data-driven metrics first collect statistics on the
+    datamodule's calibration images, each process on its own shard, reduced across processes."""
     net = pl_module.net
     layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
     stats = None
@@ -43,22 +45,25 @@ def score_channels(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: C
         stats = collect_statistics(net, layers, batches, datamodule.num_classes, bins=settings.bins,
                                    binning=settings.binning, tap=settings.tap, fine_bins=settings.fine_bins,
                                    progress=trainer.progress_bar_callback is not None)
-    return {layer.name: metric(layer, stats[layer.name] if stats else None) for layer in layers}, stats
+    return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
 
 
 class ChannelScoring(pl.Callback):
     """Scores every prunable channel when fitting starts (``stage="fit"``, before the first training step) or when
     a ``trainer.validate`` run starts (``stage="validate"``, what ``prune.py`` uses), and saves the scores and
     statistics to ``save_dir/channel_scores.pt`` (format: ``pruning.storage``). The result stays available as
-    ``self.scores`` / ``self.statistics``."""
+    ``self.scores`` / ``self.statistics``. ``group_reduction`` combines the members' scores of a channel group
+    (``mean``, ``sum`` or ``max`` of layer-normalised scores)."""
 
     STAGES = ("fit", "validate")
 
     def __init__(self, metric: ChannelScorer, stats: dict | None = None, save_dir: str | None = None,
-                 stage: str = "fit") -> None:
+                 stage: str = "fit", group_reduction: str = "mean") -> None:
         if stage not in self.STAGES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {self.STAGES}")
-        self.metric, self.stage = metric, stage
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
+        self.metric, self.stage, self.group_reduction = metric, stage, group_reduction
         self.settings = StatisticsSettings(**(stats or {}))
         self.save_dir = Path(save_dir) if save_dir else None
         self.scores: dict[str, torch.Tensor] | None = None
@@ -74,7 +79,8 @@ class ChannelScoring(pl.Callback):
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect, score and save (rank 0 writes the file)."""
-        self.scores, self.statistics = score_channels(trainer, pl_module, self.metric, self.settings)
+        self.scores, self.statistics = score_channels(trainer, pl_module, self.metric, self.settings,
+                                                         self.group_reduction)
         if self.save_dir is not None and trainer.is_global_zero:
             path = save_channel_scores(self.save_dir / "channel_scores.pt", self.metric.name, self.scores,
                                        self.statistics, asdict(self.settings), trainer.datamodule.num_classes)

@@ -174,7 +174,7 @@ class PruningRun:
     def scores(self, model: ImageClassifier, step_dir: str) -> dict[str, torch.Tensor]:
         """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks)."""
         scoring = ChannelScoring(self.metric, stats=resolved(self.cfg.pruning.stats), save_dir=str(self.out / step_dir),
-                                 stage="validate")
+                                 stage="validate", group_reduction=self.cfg.pruning.get("group_reduction", "mean"))
         self.collect(step_dir, scoring, model)
         if self.is_global_zero():
             for logger in self.loggers:

@@ -19,7 +19,7 @@ from models.classifier import ImageClassifier
 from pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
 from pruning.cost import PruningCost
 from pruning.layers import TAP_POINTS, find_prunable_layers
-from pruning.metrics import ChannelScorer
+from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from pruning.schedule import SCHEDULES
 from pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
 from pruning.stats import BINNINGS
@@ -258,6 +258,7 @@ def validate_pruning(cfg: DictConfig) -> CheckedRun:
             check_calibration_images(cfg, "pruning.stats.num_images", datamodule, 1)
     else:
         check_channel_scope(cfg, model, target)
+        check_choice(cfg, "pruning.group_reduction", GROUP_REDUCTIONS)
         if metric.needs_statistics:
             check_stats(cfg, datamodule)
         if setting(cfg, "pruning.recalibrate_bn_images", 0):

@@ -2,10 +2,10 @@
 
 A convolution or linear layer ``M`` costs ``out(M) * in(M) * k(M)`` weights (``k`` = kernel positions) plus its
 bias and the affine parameters of its BatchNorm per output channel, and ``2 * out(M) * in(M) * k(M) * S(M)`` FLOPs
-(``S`` = output positions), as ``torch.utils.flop_counter`` counts them. Removing output channel ``c`` of a prunable
-layer removes its filter over the inputs still kept, its bias and BN entries, and, in every consumer, the weights
-that read ``c`` over the consumer's outputs still kept; each weight is counted once, when the first of its two ends
-goes."""
+(``S`` = output positions), as ``torch.utils.flop_counter`` counts them. Removing channel ``c`` of a channel group
+removes every member's filter over the inputs still kept (one input per filter for a depthwise member), its bias
+and BN entries, and, in every consumer, the weights that read ``c`` over the consumer's outputs still kept; each
+weight is counted once, when the first of its two ends goes."""
 from __future__ import annotations
 
 from collections import Counter
@@ -49,11 +49,12 @@ class PruningCost:
 
     def removal_cost(self, name: str, channel: int) -> tuple[int, int]:
         """(parameters, FLOPs) that removing ``channel`` of layer ``name`` would save now."""
-        layer = self.layers[name]
-        conv = layer.conv
-        per_out = self.in_kept[conv] * self._kernel(conv)
-        params = per_out + (conv.bias is not None) + 2 * ("bn" in layer.taps)
-        flops = 2 * per_out * self.positions[conv]
+        params = flops = 0
+        for member in self.layers[name].members:
+            conv = member.conv
+            per_out = self.in_kept[conv] * self._kernel(conv)
+            params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
+            flops += 2 * per_out * self.positions[conv]
         for module, counter in self.reads[name]:
             inputs = counter[channel] * self.out_kept[module] * self._kernel(module)
             params += inputs
@@ -66,7 +67,8 @@ class PruningCost:
             raise ValueError(f"channel {channel} of {name!r} is already removed")
         params, flops = self.removal_cost(name, channel)
         self.params, self.flops = self.params - params, self.flops - flops
-        self.out_kept[self.layers[name].conv] -= 1
+        for member in self.layers[name].members:
+            self.out_kept[member.conv] -= 1
         for module, counter in self.reads[name]:
             self.in_kept[module] -= counter[channel]
         self.removed.add((name, channel))

@@ -2,12 +2,15 @@
 channels, found with Torch-Pruning's dependency graph."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
+log = logging.getLogger(__name__)
 
 #: Where a channel's feature map is read: the convolution's output, after its BatchNorm, or after its activation.
 TAP_POINTS = ("conv", "bn", "act")
@@ -24,28 +27,61 @@ class Consumer:
 
 
 @dataclass
-class PrunableLayer:
-    """One prunable convolution: ``name`` in the model, the module, the modules behind each tap point and the
-    consumers of its output channels."""
+class Member:
+    """One convolution of a channel group: ``name`` in the model, the module and the modules behind each tap
+    point (a depthwise convolution's filter of channel ``c`` and its BatchNorm entry go with channel ``c``)."""
 
     name: str
     conv: nn.Conv2d
     taps: dict[str, nn.Module]
-    consumers: list[Consumer] = field(default_factory=list)
-
-    @property
-    def num_channels(self) -> int:
-        return self.conv.out_channels
 
     def tap(self, point: str) -> tuple[str, nn.Module]:
-        """The module behind tap ``point``, or the nearest earlier one the layer has (a convolution without
+        """The module behind tap ``point``, or the nearest earlier one the convolution has (a convolution without
         BatchNorm or activation, as in LeNet-5, is read at its output)."""
         if point not in TAP_POINTS:
             raise ValueError(f"unknown tap point {point!r}; choose one of {TAP_POINTS}")
         for candidate in reversed(TAP_POINTS[: TAP_POINTS.index(point) + 1]):
             if candidate in self.taps:
                 return candidate, self.taps[candidate]
-        raise AssertionError("every layer has its conv tap")
+        raise AssertionError("every member has its conv tap")
+
+
+@dataclass
+class PrunableLayer:
+    """One prunable channel group: the convolutions whose output channels are tied (a residual stage's width: the
+    stem or first block's projection and every block's last convolution; an expansion convolution and the
+    depthwise convolution after it), removed together, channel ``c`` of every member at once. Most layers of a
+    plain network are groups of one. ``name`` is the first member's name in module order; ``consumers`` are the
+    layers that read the group's channels."""
+
+    name: str
+    members: list[Member]
+    consumers: list[Consumer] = field(default_factory=list)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        """The first member's convolution (the group's pruning root)."""
+        return self.members[0].conv
+
+    @property
+    def taps(self) -> dict[str, nn.Module]:
+        return self.members[0].taps
+
+    @property
+    def num_channels(self) -> int:
+        return self.conv.out_channels
+
+    @property
+    def member_names(self) -> list[str]:
+        return [member.name for member in self.members]
+
+    def tap(self, point: str) -> tuple[str, nn.Module]:
+        """The first member's tap module (see ``Member.tap``)."""
+        return self.members[0].tap(point)
+
+    def member_view(self, member: Member) -> "PrunableLayer":
+        """A group of ``member`` alone with the group's consumers (what a criterion scores member by member)."""
+        return PrunableLayer(member.name, [member], self.consumers)
 
 
 @contextmanager
@@ -59,17 +95,32 @@ def preserved_modes(model: nn.Module):
             module.training = training
 
 
-def _following_taps(model: nn.Module, conv_name: str) -> dict[str, nn.Module]:
-    """The BatchNorm and ReLU that directly follow ``conv_name`` in module order (before the next conv/linear)."""
-    names = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    start = [n for n, _ in names].index(conv_name)
-    taps: dict[str, nn.Module] = {"conv": names[start][1]}
-    for _, module in names[start + 1:]:
+def _called_more_than_once(model: nn.Module, example_input: torch.Tensor) -> set[nn.Module]:
+    """Modules that one forward pass calls several times (torchvision's ResNet blocks reuse one ReLU before and
+    after the residual addition): a hook there would see more than one feature map, so they are no tap points."""
+    calls: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad(), preserved_modes(model):
+        model.eval()(example_input[:1])
+    for hook in hooks:
+        hook.remove()
+    return {m for m, n in calls.items() if n > 1}
+
+
+def _following_taps(leaves: list[tuple[str, nn.Module]], conv_name: str, reused: set[nn.Module]) -> dict[str, nn.Module]:
+    """The BatchNorm and activation that directly follow ``conv_name`` in module order (before the next conv or
+    linear layer); a module called more than once per forward pass is skipped."""
+    start = [n for n, _ in leaves].index(conv_name)
+    taps: dict[str, nn.Module] = {"conv": leaves[start][1]}
+    for _, module in leaves[start + 1:]:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
+            break
+        if module in reused:
             break
         if isinstance(module, nn.BatchNorm2d) and "bn" not in taps and "act" not in taps:
             taps["bn"] = module
-        elif isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU)):
+        elif isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish)):
             taps["act"] = module
             break
     return taps
@@ -80,27 +131,49 @@ def _is_out_channel_op(item) -> bool:
                                                                              (nn.Conv2d, nn.Linear))
 
 
-def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
-    """Every convolution whose output channels can be removed on their own, in forward order.
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
-    A convolution is left out when its channels are coupled to another layer's outputs (the residual widths of a
-    ResNet stage, tied by additions) or when it is a grouped/depthwise convolution. Consumers are the in-channel
-    (or in-feature) pruning operations of its dependency group, with Torch-Pruning's index mapping.
+
+def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
+    """Every channel group that can be pruned, in module order of its first member.
+
+    A group is what Torch-Pruning's dependency graph ties to a convolution's output channels: convolutions whose
+    outputs are added (residual stages) and depthwise convolutions that carry the channels on. Consumers are the
+    group's in-channel (or in-feature) pruning operations on ordinary convolutions and linear layers, with
+    Torch-Pruning's index mapping (several inputs per channel after a flatten). A group whose channels reach a
+    linear layer's outputs or a grouped (not depthwise) convolution, or whose members differ in width (an
+    operation the graph cannot map, such as the zero-padding shortcut of ResNet-56 option A), is not prunable
+    here and is left out with a warning naming it.
     """
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    layers = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d) or module.groups != 1:
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    order = {m: i for i, (_, m) in enumerate(leaves)}
+    names = {m: n for n, m in leaves}
+    reused = _called_more_than_once(model, example_input)
+    layers, covered = [], set()
+    for name, module in leaves:
+        if not isinstance(module, nn.Conv2d) or module in covered or module.groups != 1:
             continue
         group = graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=list(range(module.out_channels)))
-        if sum(_is_out_channel_op(item) for item in group) > 1:
+        outs = sorted({item.dep.target.module for item in group if _is_out_channel_op(item)}, key=order.get)
+        covered.update(outs)
+        grouped = [names[m] for m in outs if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
+        reason = ("a linear layer's outputs" if any(isinstance(m, nn.Linear) for m in outs)
+                  else f"grouped convolution(s) {grouped}" if grouped
+                  else "layers of other widths through an operation the dependency graph cannot map"
+                  if len({m.out_channels for m in outs}) > 1 else None)
+        if reason:
+            log.warning("channels of %s are tied to %s and are not pruned", [names[m] for m in outs], reason)
             continue
+        members = [Member(names[m], m, _following_taps(leaves, names[m], reused)) for m in outs]
         consumers = [
             Consumer(item.dep.target.module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
             for item in group
             if item.dep.handler.__name__ == "prune_in_channels"
             and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
+            and getattr(item.dep.target.module, "groups", 1) == 1
         ]
-        layers.append(PrunableLayer(name, module, _following_taps(model, name), consumers))
+        layers.append(PrunableLayer(members[0].name, members, consumers))
     return layers

@@ -17,28 +17,33 @@ def removed_channels(layer: PrunableLayer, keep: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().flatten()
 
 
+def _masked_tensors(layer: PrunableLayer, removed: torch.Tensor) -> list[torch.Tensor]:
+    """Every parameter row that carries a removed channel: each group member's filter and bias and its
+    BatchNorm's weight and bias."""
+    tensors = []
+    for member in layer.members:
+        tensors += [member.conv.weight] + ([member.conv.bias] if member.conv.bias is not None else [])
+        if "bn" in member.taps:
+            tensors += [member.taps["bn"].weight, member.taps["bn"].bias]
+    return tensors
+
+
 @torch.no_grad()
 def apply_channel_masks(layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor]) -> None:
-    """Zero every removed channel's conv filter and bias and its BatchNorm weight and bias."""
+    """Zero every removed channel's filter and bias and its BatchNorm weight and bias, in every group member (the
+    sum of a residual stage's zeroed channels is zero, so is its activation)."""
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).to(layer.conv.weight.device)
         if removed.numel() == 0:
             continue
-        layer.conv.weight[removed] = 0.0
-        if layer.conv.bias is not None:
-            layer.conv.bias[removed] = 0.0
-        if "bn" in layer.taps:
-            layer.taps["bn"].weight[removed] = 0.0
-            layer.taps["bn"].bias[removed] = 0.0
+        for tensor in _masked_tensors(layer, removed):
+            tensor[removed] = 0.0
 
 
 def masked_channels_are_zero(layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor]) -> bool:
-    """True when every removed channel's filter (and BN affine parameters) is exactly zero."""
+    """True when every removed channel's filters and BatchNorm affine parameters are exactly zero."""
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).to(layer.conv.weight.device)
-        tensors = [layer.conv.weight[removed]]
-        if "bn" in layer.taps:
-            tensors += [layer.taps["bn"].weight[removed], layer.taps["bn"].bias[removed]]
-        if any(t.abs().sum() != 0 for t in tensors):
+        if any(t[removed].abs().sum() != 0 for t in _masked_tensors(layer, removed)):
             return False
     return True

@@ -3,6 +3,7 @@ more important). Data-driven scorers read the layer's ``LayerStatistics``; weigh
 from __future__ import annotations
 
 import zlib
+from typing import Mapping
 
 import torch
 
@@ -114,6 +115,30 @@ class OutputL1(ChannelScorer):
 
     def score(self, layer, stats):
         return output_l1(layer)
+
+
+GROUP_REDUCTIONS = ("mean", "sum", "max")
+
+
+def score_group(metric: ChannelScorer, layer: PrunableLayer, stats: Mapping[str, LayerStatistics] | None,
+                reduction: str = "mean") -> torch.Tensor:
+    """Score of every channel of a channel group (``stats``: statistics by member name, or None).
+
+    A group of one scores as its convolution. A group of several members ``m`` (a residual stage, an expansion and
+    its depthwise convolution) reduces their layer-normalised scores ``s_m[c] / max_c |s_m[c]|`` by ``mean``
+    (default), ``sum`` or ``max`` over the members.
+    """
+    if reduction not in GROUP_REDUCTIONS:
+        raise ValueError(f"unknown group reduction {reduction!r}; choose one of {GROUP_REDUCTIONS}")
+    if len(layer.members) == 1:
+        return metric(layer, stats[layer.name] if stats else None)
+    per_member = []
+    for member in layer.members:
+        scores = metric(layer.member_view(member), stats[member.name] if stats else None)
+        peak = scores.abs().max()
+        per_member.append(scores / peak if peak > 0 else scores)
+    stacked = torch.stack(per_member)
+    return {"mean": stacked.mean(0), "sum": stacked.sum(0), "max": stacked.amax(0)}[reduction]
 
 
 class RandomScore(ChannelScorer):

@@ -80,10 +80,11 @@ def uniform_bin_index(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, 
 
 
 class _PooledFeatureTap:
-    """Forward hooks that hand each layer's pooled feature map (N x C) and the batch labels to a pass function."""
+    """Forward hooks that hand each group member's pooled feature map (N x C) and the batch labels to a pass
+    function."""
 
     def __init__(self, layers: list[PrunableLayer], tap: str) -> None:
-        self.taps = {layer.name: layer.tap(tap) for layer in layers}
+        self.taps = {member.name: member.tap(tap) for layer in layers for member in layer.members}
         self.labels: torch.Tensor | None = None
         self.visit: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
         self.handles = [module.register_forward_hook(self._hook(name)) for name, (_, module) in self.taps.items()]
@@ -122,12 +123,14 @@ def collect_statistics(
     fine_bins: int = 2048,
     progress: bool = True,
 ) -> dict[str, LayerStatistics]:
-    """Joint histograms ``counts[c, bin, class]`` of every layer in ``layers`` over the images of ``batches()``
-    (called once per pass; each call yields ``(normalised images, labels)`` on the model's device).
+    """Joint histograms ``counts[c, bin, class]`` of every member of every channel group in ``layers`` (keyed by
+    the member's name; a group of one: the layer's name) over the images of ``batches()`` (called once per pass;
+    each call yields ``(normalised images, labels)`` on the model's device). Every member is read in the same
+    passes.
 
     Args:
         bins: bins per channel. binning: ``width`` (equal width over the channel's [min, max]) or ``frequency``.
-        tap: ``conv``, ``bn`` or ``act`` (see ``PrunableLayer.tap``). fine_bins: resolution of equal-frequency edges.
+        tap: ``conv``, ``bn`` or ``act`` (see ``Member.tap``). fine_bins: resolution of equal-frequency edges.
     """
     if binning not in BINNINGS:
         raise ValueError(f"unknown binning {binning!r}; choose one of {BINNINGS}")
@@ -135,7 +138,7 @@ def collect_statistics(
         raise ValueError(f"bins must be at least 2, got {bins}")
     device = next(model.parameters()).device
     hooks = _PooledFeatureTap(layers, tap)
-    sizes = {layer.name: layer.num_channels for layer in layers}
+    sizes = {member.name: layer.num_channels for layer in layers for member in layer.members}
     show = progress and rank_and_world_size()[0] == 0
 
     def run(visit, desc: str) -> None:

@@ -122,8 +122,13 @@ def test_output_l1_follows_flatten_into_linear_and_sums_all_consumers():
     expected = fc1.view(500, 50, 16).sum(dim=(0, 2))
     torch.testing.assert_close(output_l1(conv2), expected)
     resnet = CifarResNet(depth=20, shortcut="B")
-    inner = find_prunable_layers(resnet, torch.zeros(1, 3, 32, 32))[0]
+    groups = {layer.name: layer for layer in find_prunable_layers(resnet, torch.zeros(1, 3, 32, 32))}
+    inner = groups["blocks.0.conv1"]
     torch.testing.assert_close(output_l1(inner), resnet.blocks[0].conv2.weight.detach().double().abs().sum((0, 2, 3)))
+    # the stem's residual width: read by every stage-1 block's conv1 and by stage 2's first conv1 and shortcut conv
+    readers = [resnet.blocks[b].conv1 for b in range(4)] + [resnet.blocks[3].shortcut[0]]
+    expected = sum(m.weight.detach().double().abs().sum((0, 2, 3)) for m in readers)
+    torch.testing.assert_close(output_l1(groups["conv1"]), expected)
 
 
 def test_input_l1_is_the_filter_norm():
