@@ -1,5 +1,5 @@
 """Lightning glue for masks and slimming: keep removed channels at zero through fine-tuning; slim a trained
-LightningModule and record its new widths so checkpoints rebuild it."""
+LightningModule and record its structure so checkpoints rebuild it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from infoprune.io import atomic_save
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.layers import find_prunable_layers
 from pruning.masks import apply_channel_masks
-from pruning.slim import slim, slimmed_widths
+from pruning.slim import slim
 from pruning.summary import PruningSummary
 
 
@@ -39,8 +39,9 @@ class ChannelMasking(pl.Callback):
 
 
 def slim_classifier(module: ImageClassifier, keep: Mapping[str, torch.Tensor]) -> PruningSummary:
-    """Remove the channels not in ``keep`` from ``module.net`` (in place, on its device) and record the new widths in
-    its hyperparameters (``net.channels``), so a checkpoint saved afterwards rebuilds the slimmed network."""
+    """Remove the channels not in ``keep`` from ``module.net`` (in place, on its device) and record every channel
+    group's new width in its hyperparameters (``structure``), so a checkpoint saved afterwards rebuilds the slimmed
+    network, whatever its architecture."""
     example = module.example_input_array.to(module.device)
     layers = find_prunable_layers(module.net, example)
     missing = [layer.name for layer in layers if layer.name not in keep]
@@ -49,8 +50,7 @@ def slim_classifier(module: ImageClassifier, keep: Mapping[str, torch.Tensor]) -
     before = {layer.name: layer.num_channels for layer in layers}
     params, flops = count_parameters(module.net), count_flops(module.net, example)
     slim(module.net, layers, keep, example)
-    module.net.widths = slimmed_widths(module.net, layers)
-    module.hparams.net["channels"] = list(module.net.widths)
+    module.hparams["structure"] = {layer.name: layer.num_channels for layer in layers}
     return PruningSummary(before, {layer.name: layer.num_channels for layer in layers}, params,
                           count_parameters(module.net), flops, count_flops(module.net, example))
 

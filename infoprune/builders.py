@@ -46,17 +46,23 @@ def check_checkpoint_fits(model: ImageClassifier, checkpoint: dict, path: str) -
 def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> ImageClassifier:
     """The classifier of ``cfg.model``, sized for ``datamodule`` (classes, input channels, input shape).
 
-    With ``init_from`` (start a new fit from these weights) or ``ckpt_path`` (resume), the widths come from the
+    With ``init_from`` (start a new fit from these weights) or ``ckpt_path`` (resume), the structure comes from the
     checkpoint (a slimmed network rebuilds without the user knowing them), and a checkpoint that does not fit the
     config is an error before any work. The checkpoint's weights are loaded (``train=false`` then tests them)."""
     net_args = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     source = cfg.get("init_from") or cfg.get("ckpt_path")
     checkpoint = read_checkpoint(source) if source else None
+    structure = None
     if checkpoint is not None:
-        saved_net = checkpoint.get(ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY, {}).get("net", {})
-        if saved_net.get("channels") is not None and saved_net.get("_target_") == cfg.model.net.get("_target_"):
-            net_args["channels"] = list(saved_net["channels"])
-    model = instantiate(cfg.model, net=net_args, input_shape=list(datamodule.input_shape))
+        saved = checkpoint.get(ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        if saved.get("net", {}).get("_target_") == cfg.model.net.get("_target_"):
+            structure = saved.get("structure")
+            if saved["net"].get("channels") is not None:  # widths given to the network itself (our own models)
+                net_args["channels"] = list(saved["net"]["channels"])
+    try:
+        model = instantiate(cfg.model, net=net_args, input_shape=list(datamodule.input_shape), structure=structure)
+    except InstantiationException as error:  # the network's own error (not a module, a bad argument) as is
+        raise (error.__cause__ or error) from None
     if checkpoint is not None:
         check_checkpoint_fits(model, checkpoint, source)
         model.load_state_dict(checkpoint["state_dict"])

@@ -270,6 +270,7 @@ class PruningRun:
         state["pruned"] = self.test(model, "pruned_test")
         state["summary"] = summary.metrics(prefix="")
         state["channels_before"], state["channels_after"] = channels_before, after
+        state["groups"] = {layer.name: layer.member_names for layer in layers if len(layer.members) > 1}
         if self.is_global_zero():
             save_weights_checkpoint(model, self.out / "pruned.ckpt")
         self.save_state(state)
@@ -361,7 +362,7 @@ class PruningRun:
             "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
-            "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
+            "groups": state.get("groups", {}), "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
             "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "threads": torch.get_num_threads(),
             "settings_digest": settings_digest(self.cfg),
@@ -397,7 +398,8 @@ def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> 
 def print_results(results: dict[str, Any]) -> None:
     """The per-layer table and the accuracy/size table of a finished run."""
     summary = PruningSummary(results["channels_before"], results["channels_after"], int(results["params_before"]),
-                             int(results["params_after"]), int(results["flops_before"]), int(results["flops_after"]))
+                             int(results["params_after"]), int(results["flops_before"]), int(results["flops_after"]),
+                             results.get("groups", {}))
     console = Console()
     summary.print(console)
     table = Table(title=f"{results['metric']} / {results['scope']} / {results['schedule']} / target {results['target']}")

@@ -13,6 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from models.network import build_network
+from pruning.slim import slim_to_widths
+
 
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of scalar parameters of ``module``."""
@@ -50,12 +53,13 @@ class ImageClassifier(pl.LightningModule):
     Lightning ``self.log`` call costs about a millisecond, which logging every step makes a tenth of a small
     network's step).
 
-    Every argument is a config (dict with ``_target_``), saved as hyperparameters, so a checkpoint alone rebuilds
-    the model, slimmed widths included (``net.channels``).
+    Every argument is saved as a hyperparameter, so a checkpoint alone rebuilds the model, a slimmed one included
+    (``structure``).
 
     Args:
-        net: config of the network (``models.SimpleNet`` ...); ``num_classes`` and ``in_channels`` are filled in
-            from the datamodule by the entry points.
+        net: config of the network: any ``nn.Module`` factory (``models.SimpleNet``, ``torchvision.models.resnet18``,
+            a user's class); ``num_classes`` and ``in_channels`` are filled in from the datamodule by the entry
+            points and passed or adapted as ``models.network.build_network`` says.
         optimizer: partial optimizer config (``_partial_: true``), called with the parameters.
         scheduler: partial LR-scheduler config called with the optimizer, or None.
         input_shape: ``(C, H, W)`` of one image, for the FLOP count and the example input.
@@ -63,6 +67,9 @@ class ImageClassifier(pl.LightningModule):
             the CPU when it has AVX2 or better (measured faster there: docs/results/performance.md), off elsewhere.
         compile: train and evaluate through ``torch.compile(net)`` (compiled on the first batch; statistics and
             slimming use the plain network).
+        structure: the slimmed network's channel-group widths (group name -> channels kept), written by slimming;
+            the dense network is built and slimmed to them (its first channels) before weights are loaded, for any
+            architecture.
     """
 
     def __init__(
@@ -73,17 +80,21 @@ class ImageClassifier(pl.LightningModule):
         input_shape: tuple[int, int, int] | list[int] = (3, 32, 32),
         channels_last: bool | str = False,
         compile: bool = False,
+        structure: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last must be true, false or auto, got {channels_last!r}")
         self.save_hyperparameters({"net": _plain(net), "optimizer": _plain(optimizer),
                                    "scheduler": _plain(scheduler), "input_shape": list(input_shape),
-                                   "channels_last": channels_last, "compile": bool(compile)})
+                                   "channels_last": channels_last, "compile": bool(compile),
+                                   "structure": _plain(structure)})
         self._compiled: dict[str, Any] = {}  # torch.compile(net), kept out of the module tree and the state dict
-        self.net = instantiate(self.hparams.net)
         self.num_classes = int(self.hparams.net["num_classes"])
+        self.net = build_network(self.hparams.net, self.num_classes, int(self.hparams.net.get("in_channels", 3)))
         self.example_input_array = torch.zeros(1, *input_shape)
+        if structure:
+            slim_to_widths(self.net, dict(self.hparams.structure), self.example_input_array)
         # micro: the fraction of images classified correctly (torchmetrics' default, macro, averages per-class recall)
         metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
         if self.num_classes > 10:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pruning.layers import PrunableLayer, preserved_modes
+from pruning.layers import PrunableLayer, find_prunable_layers, preserved_modes
 from pruning.masks import removed_channels
 
 
@@ -30,7 +30,18 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     return [layer.conv.out_channels for layer in layers]
 
 
-def slimmed_widths(net: nn.Module, layers: list[PrunableLayer]) -> list[int]:
-    """The network's ``channels`` argument after slimming: the prunable layers' widths followed by the network's
-    other widths (hidden linear layers of LeNet-5 and AlexNet), which channel pruning leaves as they are."""
-    return [layer.conv.out_channels for layer in layers] + list(net.widths[len(layers):])
+def slim_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> None:
+    """Slim the dense ``model`` in place so that channel group ``name`` keeps its first ``widths[name]`` channels
+    (groups not named keep all): the shape of a slimmed network, rebuilt before its weights are loaded."""
+    layers = find_prunable_layers(model, example_input)
+    found = {layer.name: layer for layer in layers}
+    unknown = sorted(set(widths) - set(found))
+    if unknown:
+        raise ValueError(f"the structure record names channel group(s) {unknown} this network does not have; "
+                         f"its groups are {sorted(found)}")
+    for name, width in widths.items():
+        if not 1 <= int(width) <= found[name].num_channels:
+            raise ValueError(f"the structure record gives group {name!r} {width} channels; it has "
+                             f"{found[name].num_channels}")
+    keep = {layer.name: torch.arange(int(widths.get(layer.name, layer.num_channels))) for layer in layers}
+    slim(model, layers, keep, example_input)

@@ -2,7 +2,7 @@
 flat metrics for loggers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.table import Table
@@ -10,7 +10,7 @@ from rich.table import Table
 
 @dataclass
 class PruningSummary:
-    """Widths of every prunable layer and the network's parameters and FLOPs, before and after."""
+    """Widths of every prunable channel group and the network's parameters and FLOPs, before and after."""
 
     channels_before: dict[str, int]
     channels_after: dict[str, int]
@@ -18,6 +18,8 @@ class PruningSummary:
     params_after: int
     flops_before: int
     flops_after: int
+    #: channel groups of several layers: group name -> its members (one row each in the table, named by the group)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "pruning/") -> dict[str, float]:
         """Flat metrics: totals, remaining fractions, speed-up by FLOPs, and channels kept per layer."""
@@ -37,7 +39,9 @@ class PruningSummary:
         table.add_column("kept", justify="right")
         for name, before in self.channels_before.items():
             after = self.channels_after[name]
-            table.add_row(name, str(before), str(after), f"{after / before:.1%}")
+            members = self.groups.get(name, [name])
+            label = name if len(members) == 1 else f"{name} (+{len(members) - 1} tied)"
+            table.add_row(label, str(before), str(after), f"{after / before:.1%}")
         table.columns[1].footer = f"{self.params_before:,} params / {self.flops_before / 1e6:,.1f} MFLOPs"
         table.columns[2].footer = f"{self.params_after:,} params / {self.flops_after / 1e6:,.1f} MFLOPs"
         table.columns[3].footer = (f"{self.params_after / self.params_before:.1%} params / "

@@ -190,7 +190,10 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
     assert slim_acc == pytest.approx(masked_acc, abs=1e-6)
     path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
     reloaded = ImageClassifier.load_from_checkpoint(path)
-    assert reloaded.net.widths == module.net.widths
+    widths = {l.name: len(k) for l, k in zip(layers, keep.values())}
+    assert module.hparams.structure == widths and reloaded.hparams.structure == widths
+    assert [c.weight.shape for c in reloaded.net.modules() if isinstance(c, torch.nn.Conv2d)] == [
+        c.weight.shape for c in module.net.modules() if isinstance(c, torch.nn.Conv2d)]
     assert trainer.test(reloaded, datamodule=dm, verbose=False)[0]["test/acc"] == pytest.approx(slim_acc, abs=1e-6)
     # train.py on the slimmed checkpoint without giving any width: test only, then a fresh fine-tune
     tested = train(make_cfg(FAST + [f"init_from={path}", "train=false", "trainer.accelerator=cpu"]))
@@ -198,7 +201,7 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
     tuned = train(make_cfg(FAST + [f"init_from={path}", "trainer.max_epochs=1", "trainer.accelerator=cpu"]))
     assert math.isfinite(tuned["test/loss"])
     resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert resumed["hyper_parameters"]["net"]["channels"] == module.net.widths and resumed["epoch"] == 0
+    assert resumed["hyper_parameters"]["structure"] == widths and resumed["epoch"] == 0
     start = torch.load(path, weights_only=False)["state_dict"]
     assert resumed["state_dict"].keys() == start.keys()  # the slimmed network was fine-tuned, not a fresh one
     assert any(not torch.equal(resumed["state_dict"][k], v) for k, v in start.items() if v.is_floating_point())
@@ -227,7 +230,7 @@ def test_export_torchscript_and_onnx(trained_digits, tmp_path):
     model = onnx.load(str(export_network(module, tmp_path / "net.onnx", "onnx")))
     onnx.checker.check_model(model)
     conv_shapes = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 4]
-    assert conv_shapes[0][0] == module.net.widths[0]
+    assert conv_shapes[0][0] == module.hparams.structure[layers[0].name]
     from onnx.reference import ReferenceEvaluator
     (outputs,) = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(outputs), expected, atol=1e-4, rtol=1e-4)
@@ -248,7 +251,7 @@ def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tm
                             timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["hyper_parameters"]["net"]["channels"] == module.net.widths
+    assert saved["hyper_parameters"]["structure"] == module.hparams.structure
 
 
 def test_batchnorm_recalibration_matches_the_statistics_of_the_data():

@@ -1,0 +1,176 @@
+"""Networks from anywhere: torchvision and user networks sized for the data, coupled channel groups pruned as one
+(masked == slimmed), slimmed checkpoints of any architecture, group scores under DDP, bad networks."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torchvision
+
+from callbacks.masking import save_weights_checkpoint, slim_classifier
+from datamodules import DigitsDataModule
+from infoprune.validation import ConfigError, validate_pruning
+from models import CifarResNet
+from models.classifier import ImageClassifier, count_flops
+from models.network import build_network
+from pruning.cost import PruningCost
+from pruning.layers import find_prunable_layers
+from pruning.masks import apply_channel_masks
+from pruning.metrics import MutualInformation, RandomScore, score_group
+from pruning.selection import select_global, select_layerwise
+from pruning.slim import slim
+from pruning.stats import collect_statistics
+from tests.test_channel_scores import _free_port
+from tests.test_pruning import randomized
+
+GROUPED = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
+    "resnet56_b": lambda: CifarResNet(shortcut="B"),
+}
+
+
+class NoSizeArguments(nn.Module):
+    """A user's network that takes neither ``num_classes`` nor ``in_channels``."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
+                                      nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(hidden, 1000)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+class NoConvolution(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels * 64, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1))
+
+
+def not_a_module(num_classes: int = 10) -> dict:
+    return {"num_classes": num_classes}
+
+
+@pytest.mark.parametrize("target", ["torchvision.models.resnet18", "torchvision.models.mobilenet_v2",
+                                    "tests.test_any_network.NoSizeArguments"])
+def test_networks_from_anywhere_are_sized_for_the_data(target):
+    net = build_network({"_target_": target}, num_classes=7, in_channels=1)
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1
+    assert net.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("model", ["resnet18_tv", "mobilenet_v2_tv"])
+def test_torchvision_configs_run_on_digits_and_cifar_sized_inputs(make_cfg, model):
+    cfg = make_cfg([f"model={model}"], "prune")
+    checked = validate_pruning(cfg)
+    assert checked.datamodule.input_shape == (1, 8, 8)
+    cifar = ImageClassifier(net={**dict(cfg.model.net), "num_classes": 10, "in_channels": 3},
+                            optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                            input_shape=(3, 32, 32))
+    assert cifar.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("network", sorted(GROUPED))
+def test_every_group_is_prunable_and_masked_equals_slimmed(network):
+    torch.manual_seed(0)
+    net = randomized(GROUPED[network]())
+    x = torch.randn(4, 3, 32, 32)
+    layers = find_prunable_layers(net, x[:1])
+    members = {m.conv for layer in layers for m in layer.members}
+    assert members == {m for m in net.modules() if isinstance(m, nn.Conv2d)}  # nothing left out
+    assert any(len(layer.members) > 1 for layer in layers)
+    keep = select_layerwise({layer.name: RandomScore(1)(layer) for layer in layers}, layers, 0.5, mode="channels")
+    masked = copy.deepcopy(net)
+    apply_channel_masks(find_prunable_layers(masked, x[:1]), keep)
+    with torch.no_grad():
+        expected = masked(x)
+        slim(net, layers, keep, x[:1])
+        got = net(x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert all(layer.num_channels == len(keep[layer.name]) for layer in layers)
+    assert all(m.conv.out_channels == layer.num_channels for layer in layers for m in layer.members)
+
+
+def test_slimmed_torchvision_checkpoint_reloads_with_equal_outputs(tmp_path):
+    torch.manual_seed(0)
+    module = ImageClassifier(net={"_target_": "torchvision.models.resnet18", "num_classes": 10, "in_channels": 1},
+                             optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                             input_shape=(1, 8, 8))
+    randomized(module.net)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    slim_classifier(module, select_layerwise({l.name: RandomScore(2)(l) for l in layers}, layers, 0.6))
+    assert module.hparams.structure["conv1"] < 64  # the residual width of stage 1 was pruned
+    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
+    reloaded = ImageClassifier.load_from_checkpoint(path).eval()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), module.eval()(x), rtol=0, atol=0)
+
+
+def test_resnet56_flops_target_is_met_within_one_channel_of_a_group():
+    net = randomized(CifarResNet(shortcut="B"))
+    x = torch.zeros(1, 3, 32, 32)
+    layers = find_prunable_layers(net, x)
+    cost = PruningCost(net, layers, x)
+    dense = cost.dense_flops
+    largest = max(cost.removal_cost(layer.name, 0)[1] for layer in layers)  # one channel of the costliest group
+    keep = select_global({l.name: RandomScore(0)(l) for l in layers}, layers, cost, 0.5, resource="flops")
+    stage_widths = [keep[name].numel() for name in ("conv1", "blocks.9.conv2", "blocks.18.conv2")]
+    assert stage_widths != [16, 32, 64]  # the residual widths took part in the ranking
+    slim(net, layers, keep, x)
+    assert dense * 0.5 - largest <= count_flops(net, x) <= dense * 0.5
+    assert count_flops(net, x) == cost.flops  # the exact account equals the FLOP counter after slimming
+
+
+def _group_scores(rank: int, world_size: int):
+    torch.manual_seed(0)
+    net = randomized(build_network({"_target_": "torchvision.models.resnet18"}, 10, 1))
+    dm = DigitsDataModule()
+    dm.setup()
+    x = torch.zeros(1, 1, 8, 8)
+    layers = find_prunable_layers(net, x)
+    batches = dm.calibration_batches(999, 100, seed=0, device=torch.device("cpu"), rank=rank, world_size=world_size)
+    stats = collect_statistics(net, layers, batches, 10, bins=16, progress=False)
+    scores = {layer.name: score_group(MutualInformation(), layer, stats) for layer in layers}
+    keep = select_global(scores, layers, PruningCost(net, layers, x), 0.5, resource="flops")
+    return scores, {name: k.numel() for name, k in keep.items()}
+
+
+def _ddp_group_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        result = _group_scores(rank, world_size)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_group_scores_and_widths_of_a_torchvision_network_under_ddp_equal_one_process(tmp_path):
+    single_scores, single_widths = _group_scores(0, 1)
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_group_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ddp_scores, ddp_widths = torch.load(out, weights_only=False)
+    assert ddp_widths == single_widths and ddp_widths["conv1"] < 64
+    for name, scores in single_scores.items():
+        torch.testing.assert_close(ddp_scores[name], scores, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("target, message", [("tests.test_any_network.not_a_module", "not a torch.nn.Module"),
+                                             ("tests.test_any_network.NoConvolution", "no prunable convolution")])
+def test_bad_networks_fail_before_any_training(make_cfg, target, message):
+    cfg = make_cfg(["~model.net", f"+model.net={{_target_:{target}}}"], "prune")
+    with pytest.raises((ConfigError, TypeError), match=message):
+        validate_pruning(cfg)
