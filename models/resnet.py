@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch_pruning as tp
 
 from models.blocks import scaled_widths
 
@@ -14,15 +15,63 @@ STAGE_WIDTHS = (16, 32, 64)
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: ``x[:, :, ::stride, ::stride]`` zero-padded from ``in_channels`` to ``out_channels``."""
+    """Option-A shortcut: ``x[:, :, ::stride, ::stride]`` with its channels placed into ``out_channels`` zero-filled
+    channels: input channel ``i`` goes to output channel ``slots[i]`` (``-1``: dropped). Unpruned, ``slots`` is
+    ``0 .. in_channels - 1``, the zero-padding of He et al.; channel pruning on either side edits ``slots``
+    (``PadShortcutPruner``), so the stage widths a shortcut joins can be pruned like any channel group."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        self.stride, self.pad = stride, out_channels - in_channels
+        self.stride, self.out_channels = stride, out_channels
+        self.register_buffer("slots", torch.arange(in_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+        kept = self.slots >= 0
+        out = x.new_zeros(x.shape[0], self.out_channels, *x.shape[2:]).contiguous(memory_format=_memory_format(x))
+        return out.index_copy(1, self.slots[kept], x[:, kept])
+
+    def mask_out_channels(self, removed: torch.Tensor) -> None:
+        """Stop feeding output channels ``removed`` (a channel mask of the stage width, see ``pruning.masks``)."""
+        self.slots[torch.isin(self.slots, removed.to(self.slots.device))] = -1
+
+    #: how Torch-Pruning's dependency graph prunes this module (pruning/layers.py collects it)
+    dependency_pruner: "PadShortcutPruner"
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+class PadShortcutPruner(tp.pruner.function.BasePruningFunc):
+    """Input and output channels of a ``PadShortcut`` are pruned independently: removing inputs drops their slots,
+    removing outputs drops the inputs placed there and renumbers the remaining slots."""
+
+    TARGET_MODULES = PadShortcut
+
+    def prune_in_channels(self, layer: PadShortcut, idxs) -> PadShortcut:
+        keep = torch.ones(len(layer.slots), dtype=torch.bool)
+        keep[list(idxs)] = False
+        layer.slots = layer.slots[keep]
+        return layer
+
+    def prune_out_channels(self, layer: PadShortcut, idxs) -> PadShortcut:
+        removed = torch.as_tensor(sorted(idxs), dtype=torch.long)
+        slots = layer.slots.clone()
+        dropped = torch.isin(slots, removed)
+        slots = slots - torch.searchsorted(removed, slots)  # removed channels below a slot shift it down
+        slots[dropped | (layer.slots < 0)] = -1
+        layer.slots, layer.out_channels = slots, layer.out_channels - len(removed)
+        return layer
+
+    def get_in_channels(self, layer: PadShortcut) -> int:
+        return len(layer.slots)
+
+    def get_out_channels(self, layer: PadShortcut) -> int:
+        return layer.out_channels
+
+
+PadShortcut.dependency_pruner = PadShortcutPruner()
 
 
 class BasicBlock(nn.Module):
@@ -53,8 +102,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet of depth ``6n + 2``. ``channels`` lists the inner width of every block (``3n`` entries; the
-    prunable layers, since the residual widths are tied across a stage by the additions)."""
+    """CIFAR ResNet of depth ``6n + 2``. ``channels`` lists the inner width of every block (``3n`` entries). The
+    three stage widths are channel groups too (tied by the additions); a slimmed network records them, like every
+    group, in the classifier's ``structure``."""
 
     def __init__(
         self,

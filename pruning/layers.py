@@ -57,6 +57,9 @@ class PrunableLayer:
     name: str
     members: list[Member]
     consumers: list[Consumer] = field(default_factory=list)
+    #: other modules whose outputs carry the group's channels and that mask them themselves
+    #: (``mask_out_channels(removed)``, e.g. ResNet's zero-padding shortcut)
+    self_masking: list[nn.Module] = field(default_factory=list)
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -81,7 +84,7 @@ class PrunableLayer:
 
     def member_view(self, member: Member) -> "PrunableLayer":
         """A group of ``member`` alone with the group's consumers (what a criterion scores member by member)."""
-        return PrunableLayer(member.name, [member], self.consumers)
+        return PrunableLayer(member.name, [member], self.consumers, self.self_masking)
 
 
 @contextmanager
@@ -93,6 +96,14 @@ def preserved_modes(model: nn.Module):
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``; a module class with a ``dependency_pruner`` attribute (a
+    ``tp.pruner.function.BasePruningFunc``) says itself how its channels map (``models.resnet.PadShortcut``)."""
+    custom = {type(m): type(m).dependency_pruner for m in model.modules() if hasattr(type(m), "dependency_pruner")}
+    with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, customized_pruners=custom)
 
 
 def _called_more_than_once(model: nn.Module, example_input: torch.Tensor) -> set[nn.Module]:
@@ -143,11 +154,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     group's in-channel (or in-feature) pruning operations on ordinary convolutions and linear layers, with
     Torch-Pruning's index mapping (several inputs per channel after a flatten). A group whose channels reach a
     linear layer's outputs or a grouped (not depthwise) convolution, or whose members differ in width (an
-    operation the graph cannot map, such as the zero-padding shortcut of ResNet-56 option A), is not prunable
-    here and is left out with a warning naming it.
+    operation the graph cannot map), is not prunable here and is left out with a warning naming it.
     """
-    with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    graph = dependency_graph(model, example_input)
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     order = {m: i for i, (_, m) in enumerate(leaves)}
     names = {m: n for n, m in leaves}
@@ -175,5 +184,7 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
             and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
             and getattr(item.dep.target.module, "groups", 1) == 1
         ]
-        layers.append(PrunableLayer(members[0].name, members, consumers))
+        self_masking = [item.dep.target.module for item in group if item.dep.handler.__name__ == "prune_out_channels"
+                        and hasattr(item.dep.target.module, "mask_out_channels")]
+        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking))
     return layers

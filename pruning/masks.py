@@ -31,13 +31,16 @@ def _masked_tensors(layer: PrunableLayer, removed: torch.Tensor) -> list[torch.T
 @torch.no_grad()
 def apply_channel_masks(layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor]) -> None:
     """Zero every removed channel's filter and bias and its BatchNorm weight and bias, in every group member (the
-    sum of a residual stage's zeroed channels is zero, so is its activation)."""
+    sum of a residual stage's zeroed channels is zero, so is its activation); modules of the group that mask
+    themselves (a zero-padding shortcut) stop feeding the removed channels."""
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).to(layer.conv.weight.device)
         if removed.numel() == 0:
             continue
         for tensor in _masked_tensors(layer, removed):
             tensor[removed] = 0.0
+        for module in layer.self_masking:
+            module.mask_out_channels(removed)
 
 
 def masked_channels_are_zero(layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor]) -> bool:

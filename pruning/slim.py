@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pruning.layers import PrunableLayer, find_prunable_layers, preserved_modes
+from pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers
 from pruning.masks import removed_channels
 
 
@@ -20,8 +20,7 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     for layer in layers:
         if len(keep[layer.name]) < 1:
             raise ValueError(f"layer {layer.name!r} would be left without channels")
-    with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+    graph = dependency_graph(model, example_input[:1])
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()
         if removed:

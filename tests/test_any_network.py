@@ -31,6 +31,7 @@ from tests.test_pruning import randomized
 GROUPED = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
+    "resnet56": lambda: CifarResNet(),  # option-A zero-padding shortcuts between stages
     "resnet56_b": lambda: CifarResNet(shortcut="B"),
 }
 
@@ -102,15 +103,18 @@ def test_every_group_is_prunable_and_masked_equals_slimmed(network):
     assert all(m.conv.out_channels == layer.num_channels for layer in layers for m in layer.members)
 
 
-def test_slimmed_torchvision_checkpoint_reloads_with_equal_outputs(tmp_path):
+@pytest.mark.parametrize("net", [{"_target_": "torchvision.models.resnet18"},
+                                 {"_target_": "models.CifarResNet", "depth": 20}])
+def test_slimmed_checkpoint_of_a_grouped_network_reloads_with_equal_outputs(tmp_path, net):
     torch.manual_seed(0)
-    module = ImageClassifier(net={"_target_": "torchvision.models.resnet18", "num_classes": 10, "in_channels": 1},
+    module = ImageClassifier(net={**net, "num_classes": 10, "in_channels": 1},
                              optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
                              input_shape=(1, 8, 8))
     randomized(module.net)
     layers = find_prunable_layers(module.net, module.example_input_array)
+    dense_stem = next(m for m in module.net.modules() if isinstance(m, nn.Conv2d)).out_channels
     slim_classifier(module, select_layerwise({l.name: RandomScore(2)(l) for l in layers}, layers, 0.6))
-    assert module.hparams.structure["conv1"] < 64  # the residual width of stage 1 was pruned
+    assert module.hparams.structure["conv1"] < dense_stem  # the residual width of stage 1 was pruned
     path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
     reloaded = ImageClassifier.load_from_checkpoint(path).eval()
     x = torch.randn(5, 1, 8, 8)
@@ -118,8 +122,9 @@ def test_slimmed_torchvision_checkpoint_reloads_with_equal_outputs(tmp_path):
         torch.testing.assert_close(reloaded(x), module.eval()(x), rtol=0, atol=0)
 
 
-def test_resnet56_flops_target_is_met_within_one_channel_of_a_group():
-    net = randomized(CifarResNet(shortcut="B"))
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_resnet56_flops_target_is_met_within_one_channel_of_a_group(shortcut):
+    net = randomized(CifarResNet(shortcut=shortcut))
     x = torch.zeros(1, 3, 32, 32)
     layers = find_prunable_layers(net, x)
     cost = PruningCost(net, layers, x)
@@ -174,3 +179,30 @@ def test_bad_networks_fail_before_any_training(make_cfg, target, message):
     cfg = make_cfg(["~model.net", f"+model.net={{_target_:{target}}}"], "prune")
     with pytest.raises((ConfigError, TypeError), match=message):
         validate_pruning(cfg)
+
+
+def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
+    from infoprune.pipeline import prune
+    from infoprune.training import train
+    from tests.conftest import FAST, compose_config, digits_test_accuracy
+    from tests.test_prune import QUICK
+
+    tv = QUICK + ["model=resnet18_tv", "pruning/metric=l1_in", "pruning/scope=global", "pruning.target=0.5"]
+    first = prune(compose_config("prune", tv + ["trainer.max_epochs=1"], tmp_path / "first"))
+    final = tmp_path / "first" / "final.ckpt"
+    assert first["groups"]["conv1"] == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+    assert first["params_remaining"] < 0.6
+    # load_from_checkpoint knows no widths: the structure record rebuilds the slimmed network
+    assert digits_test_accuracy(final) == pytest.approx(first["acc_finetuned"], abs=1e-6)
+    trained = FAST + ["trainer.accelerator=cpu", "model=resnet18_tv"]
+    tested = train(compose_config("train", trained + [f"init_from={final}", "train=false"],
+                                  tmp_path / "tested"))
+    assert tested["test/acc"] == pytest.approx(first["acc_finetuned"], abs=1e-6)
+    fit = trained + [f"init_from={final}", "test=false"]
+    train(compose_config("train", fit + ["trainer.max_epochs=1"], tmp_path / "tuned"))
+    last = tmp_path / "tuned" / "checkpoints" / "last.ckpt"
+    train(compose_config("train", fit + ["trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "tuned"))
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["structure"] == first["channels_after"]
+    again = prune(compose_config("prune", tv + [f"ckpt_path={final}"], tmp_path / "again"))
+    assert again["channels_before"] == first["channels_after"]

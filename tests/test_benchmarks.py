@@ -15,7 +15,8 @@ CASES = {
     "data_throughput": (["--batches", "3", "--width", "0.125", "--batch-size", "32"], "data_wait_share"),
     "stats_overhead": (["--images", "64", "--repeats", "1", "--simplenet-width", "0.125", "--batch-size", "32"],
                        "stats_over_inference"),
-    "slim_latency": (["--width", "0.125", "--repeats", "1", "--batch-size", "4"], "speedup_over_flop_ratio"),
+    "slim_latency": (["--width", "0.125", "--repeats", "1", "--batch-size", "4", "--tv-size", "32"],
+                     "speedup_over_flop_ratio"),
     "train_throughput": (["--networks", "lenet5", "--batches", "2", "--warmup", "1", "--repeats", "1", "--no-compile"],
                          "lightning_over_plain_lenet5"),
     "job_time_budget": (["trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=256",
@@ -46,3 +47,5 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, tmp_path):
         assert figures["flop_ratio"] > 1 and figures["slim_vs_dense"] > 0
         assert figures["speedup_over_flop_ratio"] == pytest.approx(figures["speedup"] / figures["flop_ratio"],
                                                                    abs=2e-3)
+        for network in ("resnet18", "mobilenet_v2"):  # half the FLOPs removed, within one channel of a group
+            assert 2.0 <= figures[f"flop_ratio_{network}"] < 2.1 and figures[f"speedup_over_flop_ratio_{network}"] > 0
