@@ -168,7 +168,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         group = graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=list(range(module.out_channels)))
         outs = sorted({item.dep.target.module for item in group if _is_out_channel_op(item)}, key=order.get)
         covered.update(outs)
-        grouped = [names[m] for m in outs if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
+        touched = {item.dep.target.module for item in group}
+        grouped = [names[m] for m in sorted(touched, key=lambda m: order.get(m, -1))
+                   if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
         reason = ("a linear layer's outputs" if any(isinstance(m, nn.Linear) for m in outs)
                   else f"grouped convolution(s) {grouped}" if grouped
                   else "layers of other widths through an operation the dependency graph cannot map"

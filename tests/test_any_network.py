@@ -206,3 +206,12 @@ def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
     assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["structure"] == first["channels_after"]
     again = prune(compose_config("prune", tv + [f"ckpt_path={final}"], tmp_path / "again"))
     assert again["channels_before"] == first["channels_after"]
+
+
+def test_a_grouped_convolution_is_named_not_silently_dropped(caplog):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with caplog.at_level("WARNING", logger="pruning.layers"):
+        layers = find_prunable_layers(net, torch.zeros(1, 3, 16, 16))
+    assert [layer.name for layer in layers] == ["4"]  # the last conv; 0 and 2 are tied by the grouped conv
+    assert "grouped convolution(s) ['2']" in caplog.text
