@@ -96,9 +96,10 @@ def normalize_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
 
 def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], cost: PruningCost,
                   target: float, resource: str = "params", normalization: str = "max", min_channels: int = 1,
-                  exclude: Iterable[str] = ()) -> Keep:
+                  exclude: Iterable[str] = (), already_removed: Mapping[str, torch.Tensor] | None = None) -> Keep:
     """One ranking across layers: remove the globally lowest (normalised) scores first until at most ``target``
-    of the dense ``resource`` (params or flops) remains, never going below ``min_channels`` in a layer. Raises
+    of the dense ``resource`` (params or flops) remains, never going below ``min_channels`` in a layer. Channels in
+    ``already_removed`` (an earlier step of a schedule, still masked) go first, whatever their scores. Raises
     before pruning when the target is out of reach."""
     exclude = list(exclude)
     if not 0.0 < float(target) <= 1.0:
@@ -115,6 +116,12 @@ def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer
     candidates.sort()
     kept = {layer.name: layer.num_channels for layer in layers}
     removed: dict[str, set[int]] = {layer.name: set() for layer in layers}
+    for name, channels in (already_removed or {}).items():
+        for channel in channels.tolist():
+            cost.remove(name, channel)
+            kept[name] -= 1
+            removed[name].add(channel)
+    candidates = [(score, name, c) for score, name, c in candidates if c not in removed[name]]
     for _, name, channel in candidates:
         if cost.remaining(resource) <= target:
             break

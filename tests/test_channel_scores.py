@@ -23,6 +23,7 @@ from pruning.metrics import (
     RandomScore,
     WeightedMutualInformation,
     output_l1,
+    score_group,
 )
 from pruning.stats import collect_statistics
 from pruning.storage import load_channel_scores, save_channel_scores
@@ -158,9 +159,10 @@ def test_every_metric_config_on_every_network_gives_one_finite_score_per_channel
         for name in ALL_METRICS:
             scorer = instantiate(compose("train", overrides=[f"pruning/metric={name}"]).pruning.metric)
             for layer in layers:
-                scores = scorer(layer, stats[layer.name])
+                scores = score_group(scorer, layer, stats)
                 assert scores.shape == (layer.num_channels,) and torch.isfinite(scores).all(), (name, layer.name)
-    assert len(layers) == {"lenet5": 2, "simplenet": 13, "alexnet": 5, "vgg16_bn": 13, "resnet56": 27}[network]
+    assert len(layers) == {"lenet5": 2, "simplenet": 13, "alexnet": 5, "vgg16_bn": 13,
+                           "resnet56": 27 + 3}[network]  # inner widths + the three stage widths
 
 
 def test_random_scores_are_reproducible_and_differ_between_seeds(small_setup):
