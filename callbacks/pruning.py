@@ -1,0 +1,263 @@
+"""``ChannelPruning``: data-driven structured pruning as one Lightning callback for any LightningModule and
+DataModule. It scores channel groups on a schedule of epochs, keeps removed channels at zero with masks while
+training goes on, and physically slims the network (mid-fit, with the optimizer and the DDP wrapper rebuilt, or at
+the end of fit), then saves a checkpoint that reloads without knowing its widths."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from callbacks.channel_scores import StatisticsSettings
+from infoprune.io import atomic_save
+from pruning.cost import PruningCost
+from pruning.layers import PrunableLayer, find_prunable_layers
+from pruning.masks import apply_channel_masks, removed_channels
+from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
+from pruning.optim_state import carry_optimizer, surviving_indices
+from pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
+from pruning.slim import slim, slim_to_widths
+from pruning.stats import collect_statistics
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("oneshot", "equal", "agp")
+SCOPES = ("layerwise", "global")
+
+
+def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
+    """``(epoch, cumulative amount)`` of every pruning step, the amount a fraction of the original network.
+
+    ``oneshot``: ``amount`` at ``start_epoch``. ``equal``: ``amount * k / n`` and ``agp`` (Zhu & Gupta 2017):
+    ``amount * (1 - (1 - k / n)^3)`` for ``k = 1 .. n``, at epochs spread evenly from ``start_epoch`` to
+    ``end_epoch`` (the target is reached at ``end_epoch``).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    if kind == "oneshot":
+        return [(start_epoch, amount)]
+    if steps < 1:
+        raise ValueError(f"a {kind} schedule needs at least one step, got steps={steps}")
+    if end_epoch < start_epoch:
+        raise ValueError(f"end_epoch {end_epoch} is before start_epoch {start_epoch}")
+    span = end_epoch - start_epoch
+    epochs = [start_epoch + round(span * k / (steps - 1)) if steps > 1 else end_epoch for k in range(steps)]
+    fraction = (lambda k: k / steps) if kind == "equal" else (lambda k: 1.0 - (1.0 - k / steps) ** 3)
+    return [(epoch, amount * fraction(k + 1)) for k, epoch in enumerate(epochs)]
+
+
+class ChannelPruning(pl.Callback):
+    """Prune the channel groups of a LightningModule's network while it trains.
+
+    Nothing is required of the module: the network is the whole LightningModule (or the submodule named by
+    ``network``), the example input is ``example_input_array`` or the first calibration image, and calibration
+    images come from the datamodule's ``calibration_batches`` when it has one (un-augmented, as infoprune's
+    datamodules), else from ``calibration_dataloader`` or the trainer's training dataloader: a seeded subset of its
+    dataset, split across processes without repeats, moved to the device through the module's and datamodule's
+    batch-transfer hooks.
+
+    Args:
+        metric: a ``ChannelScorer`` (``pruning.metrics``; e.g. ``InputL1()``, ``MutualInformation()``).
+        amount: fraction of the original network removed by the last step: of every group's parameters
+            (``layerwise``; ``mode=channels``: of its channels) or of the network's ``resource`` (``global``).
+        scope, mode, resource, normalization, min_channels: as in ``pruning.selection``.
+        schedule: ``oneshot`` at ``start_epoch``; ``equal`` or ``agp`` steps from ``start_epoch`` to
+            ``end_epoch`` (default: ``start_epoch``), ``steps`` of them.
+        slim_epoch: physically slim the network at the start of this epoch (training goes on with the smaller
+            network, the optimizer and its state carried over); None: at the end of fit.
+        network: attribute name of the submodule to prune (e.g. ``"net"``); None: the whole LightningModule.
+        stats: ``StatisticsSettings`` fields for data-driven metrics (``num_images``, ``batch_size``, ``bins`` ...).
+        group_reduction: how a channel group's member scores combine (``mean``, ``sum``, ``max``).
+        calibration_dataloader: where calibration images come from when the datamodule has no
+            ``calibration_batches``.
+        save_path: where the slimmed network is saved at the end of fit (``load_slimmed`` reloads it).
+    """
+
+    def __init__(self, metric: ChannelScorer, amount: float = 0.5, scope: str = "layerwise", mode: str = "params",
+                 resource: str = "params", normalization: str = "max", min_channels: int = 1,
+                 schedule: str = "oneshot", start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1,
+                 slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
+                 group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
+                 save_path: str | None = None) -> None:
+        check_amount(amount)
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+        if mode not in LAYERWISE_MODES:
+            raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
+        self.steps = schedule_steps(schedule, amount, start_epoch,
+                                    start_epoch if end_epoch is None else end_epoch, steps)
+        self.metric, self.scope, self.mode, self.resource = metric, scope, mode, resource
+        self.normalization, self.min_channels, self.group_reduction = normalization, min_channels, group_reduction
+        self.slim_epoch, self.network, self.save_path = slim_epoch, network, save_path
+        self.settings = StatisticsSettings(**(stats or {}))
+        self.calibration_dataloader = calibration_dataloader
+        self.keep: dict[str, torch.Tensor] | None = None
+        self.scores: dict[str, torch.Tensor] | None = None
+        self.structure: dict[str, int] | None = None
+        self._example: torch.Tensor | None = None
+
+    # -- what is pruned -------------------------------------------------------------------------------------------
+    def net(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self.network is None:
+            return pl_module
+        net = getattr(pl_module, self.network, None)
+        if not isinstance(net, nn.Module):
+            raise AttributeError(f"ChannelPruning(network={self.network!r}): {type(pl_module).__name__} has no "
+                                 f"submodule of that name; its children are {[n for n, _ in pl_module.named_children()]}")
+        return net
+
+    def layers(self, pl_module: pl.LightningModule) -> list[PrunableLayer]:
+        return find_prunable_layers(self.net(pl_module), self.example(pl_module))
+
+    def example(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        if self._example is None:
+            given = getattr(pl_module, "example_input_array", None)
+            self._example = given if isinstance(given, torch.Tensor) else next(self._first_images(pl_module))[:1]
+        return self._example.to(pl_module.device)
+
+    # -- calibration images ---------------------------------------------------------------------------------------
+    def _calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """``batches()`` yielding ``(images, labels)`` on the module's device, this process's share."""
+        datamodule = getattr(trainer, "datamodule", None)
+        s = self.settings
+        if self.calibration_dataloader is None and hasattr(datamodule, "calibration_batches"):
+            return datamodule.calibration_batches(s.num_images, s.batch_size, s.seed, pl_module.device,
+                                                  trainer.global_rank, trainer.world_size)
+        loader = self.calibration_dataloader or trainer.train_dataloader
+        if loader is None:
+            raise ValueError("ChannelPruning found no calibration images: give calibration_dataloader")
+        dataset = loader.dataset
+        count = min(s.num_images, len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(s.seed))[:count]
+        share = order[trainer.global_rank::trainer.world_size].tolist()
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            subset = DataLoader(dataset, batch_size=s.batch_size, sampler=share, collate_fn=loader.collate_fn)
+            for batch in subset:
+                images, labels = trainer.strategy.batch_to_device(batch)[:2]
+                yield images, labels
+
+        return batches
+
+    def _first_images(self, pl_module: pl.LightningModule) -> Iterator[torch.Tensor]:
+        trainer = pl_module.trainer
+        for images, _ in self._calibration(trainer, pl_module)():
+            yield images
+
+    # -- the schedule ---------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the settings against this fit before any training step."""
+        self.net(pl_module)
+        last = max(epoch for epoch, _ in self.steps)
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0 and last >= trainer.max_epochs:
+            raise ValueError(f"ChannelPruning's last step is at epoch {last}, but the fit stops after "
+                             f"max_epochs={trainer.max_epochs} (epochs 0 .. {trainer.max_epochs - 1})")
+        if self.slim_epoch is not None and not last < self.slim_epoch:
+            raise ValueError(f"slim_epoch {self.slim_epoch} must come after the last pruning step (epoch {last})")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The network has channel groups (the training data is there now, for an example input)."""
+        if not self.layers(pl_module):
+            raise ValueError(f"{type(self.net(pl_module)).__name__} has no prunable channel group")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.slim_epoch == epoch and self.structure is None:
+            self.slim_now(trainer, pl_module)
+        for step_epoch, amount in self.steps:
+            if step_epoch == epoch:
+                self.prune_step(trainer, pl_module, amount)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.keep is not None and self.structure is None:
+            apply_channel_masks(self._layers, self.keep)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.keep is not None and self.structure is None:
+            self.slim_now(trainer, pl_module)
+        if self.save_path and self.structure is not None and trainer.is_global_zero:
+            atomic_save({"state_dict": pl_module.state_dict(), "structure": self.structure,
+                         "network": self.network}, Path(self.save_path))
+
+    # -- one step -------------------------------------------------------------------------------------------------
+    def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
+        """Score every channel group, select to ``amount`` of the original network (channels removed by earlier
+        steps stay removed) and mask."""
+        net = self.net(pl_module)
+        self._layers = layers = self.layers(pl_module)
+        stats = None
+        with torch.inference_mode(False), torch.no_grad():
+            if self.metric.needs_statistics:
+                stats = collect_statistics(net, layers, self._calibration(trainer, pl_module),
+                                           self._num_classes(pl_module, trainer), bins=self.settings.bins,
+                                           binning=self.settings.binning, tap=self.settings.tap,
+                                           fine_bins=self.settings.fine_bins, progress=False)
+            self.scores = {layer.name: score_group(self.metric, layer, stats, self.group_reduction)
+                           for layer in layers}
+        removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
+        if self.scope == "layerwise":
+            scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
+                      for name, s in self.scores.items()}
+            self.keep = select_layerwise(scores, layers, amount, mode=self.mode, min_channels=self.min_channels)
+        else:
+            cost = PruningCost(net, layers, self.example(pl_module))
+            self.keep = select_global(self.scores, layers, cost, 1.0 - amount, resource=self.resource,
+                                      normalization=self.normalization, min_channels=self.min_channels,
+                                      already_removed=removed)
+        apply_channel_masks(layers, self.keep)
+        log.info("ChannelPruning: epoch %d, %.1f%% pruned (%s)", trainer.current_epoch, 100 * amount,
+                 {name: len(k) for name, k in self.keep.items()})
+
+    def _num_classes(self, pl_module: pl.LightningModule, trainer: pl.Trainer) -> int:
+        for source in (getattr(trainer, "datamodule", None), pl_module):
+            if getattr(source, "num_classes", None):
+                return int(source.num_classes)
+        with torch.no_grad():
+            return int(self.net(pl_module).eval()(self.example(pl_module)).shape[-1])
+
+    # -- slimming -------------------------------------------------------------------------------------------------
+    def slim_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the masked channels for real; while fitting, carry the optimizer (and its per-entry state) over to
+        the new parameters and wrap the module in a fresh DDP wrapper."""
+        if self.keep is None:
+            raise RuntimeError("ChannelPruning: nothing to slim before the first pruning step")
+        net, example, keep = self.net(pl_module), self.example(pl_module), self.keep
+        before = dict(net.named_parameters())
+        kept = surviving_indices(net, lambda copy: slim(copy, find_prunable_layers(copy, example), keep, example))
+        layers = find_prunable_layers(net, example)
+        slim(net, layers, keep, example)
+        self.structure = {layer.name: layer.num_channels for layer in layers}
+        if "structure" in getattr(pl_module, "hparams", {}):
+            pl_module.hparams["structure"] = dict(self.structure)  # ImageClassifier rebuilds from its hparams
+        after = dict(net.named_parameters())
+        for optimizer in trainer.optimizers:
+            carry_optimizer(optimizer, before, after, kept)
+        strategy = trainer.strategy
+        if isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = strategy.model.module
+            strategy.configure_ddp()
+
+    def state_dict(self) -> dict:
+        return {"structure": self.structure, "settings": asdict(self.settings)}
+
+
+def load_slimmed(module: nn.Module, path: str | Path) -> nn.Module:
+    """Load a network saved by ``ChannelPruning(save_path=...)`` into ``module``, a freshly built dense copy of the
+    pruned LightningModule (or network): slim it to the recorded widths, then load the weights."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    net = module if saved.get("network") is None else getattr(module, saved["network"])
+    example = getattr(module, "example_input_array", None)
+    if not isinstance(example, torch.Tensor):
+        raise ValueError("load_slimmed needs module.example_input_array (one input of the network's shape)")
+    slim_to_widths(net, saved["structure"], example)
+    module.load_state_dict(saved["state_dict"])
+    return module
