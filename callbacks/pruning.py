@@ -1,7 +1,9 @@
-"""``ChannelPruning``: data-driven structured pruning as one Lightning callback for any LightningModule and
-DataModule. It scores channel groups on a schedule of epochs, keeps removed channels at zero with masks while
-training goes on, and physically slims the network (mid-fit, with the optimizer and the DDP wrapper rebuilt, or at
-the end of fit), then saves a checkpoint that reloads without knowing its widths."""
+"""Pruning as Lightning callbacks for any LightningModule and DataModule, on a schedule of epochs.
+
+``ChannelPruning`` scores channel groups, keeps removed channels at zero with masks while training goes on, and
+physically slims the network (mid-fit, with the optimizer and the DDP wrapper rebuilt, or at the end of fit), then
+saves a network that reloads without knowing its widths. ``ConnectionPruning`` masks single weights by CEP, HCEP or
+magnitude and makes the masks permanent at the end of fit."""
 from __future__ import annotations
 
 import logging
@@ -15,8 +17,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from callbacks.cep import apply_connection_masks, make_permanent
 from callbacks.channel_scores import StatisticsSettings
 from infoprune.io import atomic_save
+from pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from pruning.cost import PruningCost
 from pruning.layers import PrunableLayer, find_prunable_layers
 from pruning.masks import apply_channel_masks, removed_channels
@@ -53,56 +57,19 @@ def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, s
     return [(epoch, amount * fraction(k + 1)) for k, epoch in enumerate(epochs)]
 
 
-class ChannelPruning(pl.Callback):
-    """Prune the channel groups of a LightningModule's network while it trains.
+class ScheduledPruning(pl.Callback):
+    """What the pruning callbacks share: the network (the whole LightningModule or the submodule ``network``), its
+    example input, calibration images, and a schedule of ``(epoch, cumulative amount)`` steps checked against the
+    fit before any training step. Subclasses implement ``prune_step`` and ``finish``."""
 
-    Nothing is required of the module: the network is the whole LightningModule (or the submodule named by
-    ``network``), the example input is ``example_input_array`` or the first calibration image, and calibration
-    images come from the datamodule's ``calibration_batches`` when it has one (un-augmented, as infoprune's
-    datamodules), else from ``calibration_dataloader`` or the trainer's training dataloader: a seeded subset of its
-    dataset, split across processes without repeats, moved to the device through the module's and datamodule's
-    batch-transfer hooks.
-
-    Args:
-        metric: a ``ChannelScorer`` (``pruning.metrics``; e.g. ``InputL1()``, ``MutualInformation()``).
-        amount: fraction of the original network removed by the last step: of every group's parameters
-            (``layerwise``; ``mode=channels``: of its channels) or of the network's ``resource`` (``global``).
-        scope, mode, resource, normalization, min_channels: as in ``pruning.selection``.
-        schedule: ``oneshot`` at ``start_epoch``; ``equal`` or ``agp`` steps from ``start_epoch`` to
-            ``end_epoch`` (default: ``start_epoch``), ``steps`` of them.
-        slim_epoch: physically slim the network at the start of this epoch (training goes on with the smaller
-            network, the optimizer and its state carried over); None: at the end of fit.
-        network: attribute name of the submodule to prune (e.g. ``"net"``); None: the whole LightningModule.
-        stats: ``StatisticsSettings`` fields for data-driven metrics (``num_images``, ``batch_size``, ``bins`` ...).
-        group_reduction: how a channel group's member scores combine (``mean``, ``sum``, ``max``).
-        calibration_dataloader: where calibration images come from when the datamodule has no
-            ``calibration_batches``.
-        save_path: where the slimmed network is saved at the end of fit (``load_slimmed`` reloads it).
-    """
-
-    def __init__(self, metric: ChannelScorer, amount: float = 0.5, scope: str = "layerwise", mode: str = "params",
-                 resource: str = "params", normalization: str = "max", min_channels: int = 1,
-                 schedule: str = "oneshot", start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1,
-                 slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
-                 group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
-                 save_path: str | None = None) -> None:
+    def __init__(self, amount: float, schedule: str, start_epoch: int, end_epoch: int | None, steps: int,
+                 network: str | None, stats: dict | None, calibration_dataloader: DataLoader | None) -> None:
         check_amount(amount)
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
-        if mode not in LAYERWISE_MODES:
-            raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
-        if group_reduction not in GROUP_REDUCTIONS:
-            raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
         self.steps = schedule_steps(schedule, amount, start_epoch,
                                     start_epoch if end_epoch is None else end_epoch, steps)
-        self.metric, self.scope, self.mode, self.resource = metric, scope, mode, resource
-        self.normalization, self.min_channels, self.group_reduction = normalization, min_channels, group_reduction
-        self.slim_epoch, self.network, self.save_path = slim_epoch, network, save_path
+        self.network = network
         self.settings = StatisticsSettings(**(stats or {}))
         self.calibration_dataloader = calibration_dataloader
-        self.keep: dict[str, torch.Tensor] | None = None
-        self.scores: dict[str, torch.Tensor] | None = None
-        self.structure: dict[str, int] | None = None
         self._example: torch.Tensor | None = None
 
     # -- what is pruned -------------------------------------------------------------------------------------------
@@ -114,9 +81,6 @@ class ChannelPruning(pl.Callback):
             raise AttributeError(f"ChannelPruning(network={self.network!r}): {type(pl_module).__name__} has no "
                                  f"submodule of that name; its children are {[n for n, _ in pl_module.named_children()]}")
         return net
-
-    def layers(self, pl_module: pl.LightningModule) -> list[PrunableLayer]:
-        return find_prunable_layers(self.net(pl_module), self.example(pl_module))
 
     def example(self, pl_module: pl.LightningModule) -> torch.Tensor:
         if self._example is None:
@@ -159,8 +123,77 @@ class ChannelPruning(pl.Callback):
         self.net(pl_module)
         last = max(epoch for epoch, _ in self.steps)
         if trainer.max_epochs is not None and trainer.max_epochs >= 0 and last >= trainer.max_epochs:
-            raise ValueError(f"ChannelPruning's last step is at epoch {last}, but the fit stops after "
+            raise ValueError(f"{type(self).__name__}'s last step is at epoch {last}, but the fit stops after "
                              f"max_epochs={trainer.max_epochs} (epochs 0 .. {trainer.max_epochs - 1})")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for step_epoch, amount in self.steps:
+            if step_epoch == trainer.current_epoch:
+                self.prune_step(trainer, pl_module, amount)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish(trainer, pl_module)
+
+    def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
+        raise NotImplementedError
+
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
+
+class ChannelPruning(ScheduledPruning):
+    """Prune the channel groups of a LightningModule's network while it trains.
+
+    Nothing is required of the module: the network is the whole LightningModule (or the submodule named by
+    ``network``), the example input is ``example_input_array`` or the first calibration image, and calibration
+    images come from the datamodule's ``calibration_batches`` when it has one (un-augmented, as infoprune's
+    datamodules), else from ``calibration_dataloader`` or the trainer's training dataloader: a seeded subset of its
+    dataset, split across processes without repeats, moved to the device through the module's and datamodule's
+    batch-transfer hooks.
+
+    Args:
+        metric: a ``ChannelScorer`` (``pruning.metrics``; e.g. ``InputL1()``, ``MutualInformation()``).
+        amount: fraction of the original network removed by the last step: of every group's parameters
+            (``layerwise``; ``mode=channels``: of its channels) or of the network's ``resource`` (``global``).
+        scope, mode, resource, normalization, min_channels: as in ``pruning.selection``.
+        schedule: ``oneshot`` at ``start_epoch``; ``equal`` or ``agp`` steps from ``start_epoch`` to
+            ``end_epoch`` (default: ``start_epoch``), ``steps`` of them.
+        slim_epoch: physically slim the network at the start of this epoch (training goes on with the smaller
+            network, the optimizer and its state carried over); None: at the end of fit.
+        network: attribute name of the submodule to prune (e.g. ``"net"``); None: the whole LightningModule.
+        stats: ``StatisticsSettings`` fields for data-driven metrics (``num_images``, ``batch_size``, ``bins`` ...).
+        group_reduction: how a channel group's member scores combine (``mean``, ``sum``, ``max``).
+        calibration_dataloader: where calibration images come from when the datamodule has no
+            ``calibration_batches``.
+        save_path: where the slimmed network is saved at the end of fit (``load_slimmed`` reloads it).
+    """
+
+    def __init__(self, metric: ChannelScorer, amount: float = 0.5, scope: str = "layerwise", mode: str = "params",
+                 resource: str = "params", normalization: str = "max", min_channels: int = 1,
+                 schedule: str = "oneshot", start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1,
+                 slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
+                 group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
+                 save_path: str | None = None) -> None:
+        super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+        if mode not in LAYERWISE_MODES:
+            raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
+        self.metric, self.scope, self.mode, self.resource = metric, scope, mode, resource
+        self.normalization, self.min_channels, self.group_reduction = normalization, min_channels, group_reduction
+        self.slim_epoch, self.save_path = slim_epoch, save_path
+        self.keep: dict[str, torch.Tensor] | None = None
+        self.scores: dict[str, torch.Tensor] | None = None
+        self.structure: dict[str, int] | None = None
+
+    def layers(self, pl_module: pl.LightningModule) -> list[PrunableLayer]:
+        return find_prunable_layers(self.net(pl_module), self.example(pl_module))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        last = max(epoch for epoch, _ in self.steps)
         if self.slim_epoch is not None and not last < self.slim_epoch:
             raise ValueError(f"slim_epoch {self.slim_epoch} must come after the last pruning step (epoch {last})")
 
@@ -170,18 +203,15 @@ class ChannelPruning(pl.Callback):
             raise ValueError(f"{type(self.net(pl_module)).__name__} has no prunable channel group")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if self.slim_epoch == epoch and self.structure is None:
+        if self.slim_epoch == trainer.current_epoch and self.structure is None:
             self.slim_now(trainer, pl_module)
-        for step_epoch, amount in self.steps:
-            if step_epoch == epoch:
-                self.prune_step(trainer, pl_module, amount)
+        super().on_train_epoch_start(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.keep is not None and self.structure is None:
             apply_channel_masks(self._layers, self.keep)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.keep is not None and self.structure is None:
             self.slim_now(trainer, pl_module)
         if self.save_path and self.structure is not None and trainer.is_global_zero:
@@ -248,6 +278,53 @@ class ChannelPruning(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"structure": self.structure, "settings": asdict(self.settings)}
+
+
+class ConnectionPruning(ScheduledPruning):
+    """Prune single connections (weights) of a LightningModule's conv and linear layers while it trains.
+
+    Each step computes ``criterion``'s error of every connection (CEP and HCEP on calibration images, found as for
+    ``ChannelPruning``; magnitude without data) and masks the connections to the step's density (``1 - amount``
+    of all connections, removed ones staying removed) through ``torch.nn.utils.prune``, whose forward hook keeps
+    them at zero while training goes on (the parameters stay the same objects: the optimizer and DDP need nothing).
+    At the end of fit the masks are folded into the weights and ``save_path`` gets the network's state dict.
+
+    Args:
+        criterion: a ``pruning.cep.ConnectionCriterion`` (``cep``, ``magnitude``; ``hcep_fraction`` > 0: HCEP).
+        amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader: as for
+            ``ChannelPruning``.
+        exclude_layers: conv/linear layers (by name in the network) left dense.
+    """
+
+    def __init__(self, criterion: ConnectionCriterion, amount: float = 0.5, schedule: str = "oneshot",
+                 start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1, network: str | None = None,
+                 stats: dict | None = None, exclude_layers: list[str] | None = None,
+                 calibration_dataloader: DataLoader | None = None, save_path: str | None = None) -> None:
+        super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
+        self.criterion, self.exclude_layers, self.save_path = criterion, list(exclude_layers or []), save_path
+        self.masks: dict[str, torch.Tensor] | None = None
+        self._layers: dict[str, nn.Module] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._layers = prunable_weights(self.net(pl_module), self.exclude_layers)
+
+    def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
+        batches = self._calibration(trainer, pl_module) if self.criterion.needs_data else None
+        with torch.inference_mode(False):
+            errors = {n: e.cpu() for n, e in self.criterion.errors(self.net(pl_module), self._layers, batches).items()}
+        self.masks = connection_masks(errors, 1.0 - amount, self.criterion.hcep_fraction, previous=self.masks,
+                                      threshold=self.criterion.threshold)
+        apply_connection_masks(self._layers, self.masks)
+        log.info("ConnectionPruning: epoch %d, %.1f%% of the connections removed", trainer.current_epoch,
+                 100 * amount)
+
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.masks is None:
+            return
+        make_permanent(self._layers)
+        if self.save_path and trainer.is_global_zero:
+            atomic_save({"state_dict": pl_module.state_dict(), "network": self.network}, Path(self.save_path))
 
 
 def load_slimmed(module: nn.Module, path: str | Path) -> nn.Module:

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.pruning import ChannelPruning, load_slimmed, schedule_steps
+from callbacks.pruning import ChannelPruning, ConnectionPruning, load_slimmed, schedule_steps
+from pruning.cep import ConnectionCriterion
 from pruning.metrics import InputL1, MutualInformation
 from pruning.selection import keep_count
 from tests.conftest import ROOT
@@ -136,6 +137,35 @@ def test_slimming_mid_fit_carries_the_optimizer_and_its_momentum():
         torch.testing.assert_close(after.momentum[name], expected, rtol=0, atol=0)
     final = trainer.optimizers[0].state[module.conv2.weight]["momentum_buffer"]
     assert final.shape == module.conv2.weight.shape and not torch.equal(final, by_hand["conv2.weight"])  # trained on
+
+
+class RecordDensity(pl.Callback):
+    """Fraction of nonzero weights of the conv and linear layers at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.density = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        weights = [m.weight for m in pl_module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.density.append(sum(int((w != 0).sum()) for w in weights) / sum(w.numel() for w in weights))
+
+
+@pytest.mark.parametrize("schedule", ["oneshot", "agp"])
+def test_cep_in_a_foreign_module_reaches_its_density_and_saves_permanent_zeros(tmp_path, schedule):
+    path = tmp_path / "sparse.pt"
+    pruning = ConnectionPruning(ConnectionCriterion("cep"), amount=0.8, schedule=schedule, start_epoch=0,
+                                end_epoch=2, steps=3, stats={"num_images": 64, "batch_size": 32}, save_path=str(path))
+    record = RecordDensity()
+    _, module = fit(pruning, epochs=3, extra=[record])
+    if schedule == "agp":
+        expected = [1 - a for _, a in schedule_steps("agp", 0.8, 0, 2, 3)]
+        assert record.density == pytest.approx(expected, abs=2e-3) and record.density[0] > record.density[1]
+    assert record.density[-1] == pytest.approx(0.2, abs=2e-3)  # masked weights stay zero through training
+    assert not any(name.endswith("_orig") for name, _ in module.named_parameters())  # masks folded in
+    fresh = Tiny()
+    fresh.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    x = torch.rand(5, 3, 8, 8)
+    torch.testing.assert_close(fresh.eval()(x), module.eval()(x), rtol=0, atol=0)
 
 
 class NoStep(pl.Callback):
