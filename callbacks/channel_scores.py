@@ -8,9 +8,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from pruning.layers import find_prunable_layers
+from pruning.layers import PrunableLayer, find_prunable_layers
 from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
-from pruning.stats import LayerStatistics, collect_statistics
+from pruning.stats import Batches, LayerStatistics, collect_statistics
 from pruning.storage import save_channel_scores
 
 log = logging.getLogger(__name__)
@@ -29,23 +29,19 @@ class StatisticsSettings:
     fine_bins: int = 2048
 
 
-def score_channels(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: ChannelScorer,
-                   settings: StatisticsSettings, group_reduction: str = "mean"
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
-    """Scores of every prunable channel group of ``pl_module.net`` by ``metric`` (members reduced by
-    ``group_reduction``, see ``pruning.metrics.score_group``); data-driven metrics first collect statistics on the
-    datamodule's calibration images, each process on its own shard, reduced across processes."""
-    net = pl_module.net
-    layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
+def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: ChannelScorer, batches: Batches | None,
+                   num_classes: int, settings: StatisticsSettings, group_reduction: str = "mean",
+                   progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
+    """Scores of every channel group in ``layers`` by ``metric`` (members reduced by ``group_reduction``, see
+    ``pruning.metrics.score_group``); data-driven metrics first collect statistics on ``batches`` (this process's
+    share of the calibration images; the statistics are reduced across processes). What every scoring callback
+    runs."""
     stats = None
-    if metric.needs_statistics:
-        datamodule = trainer.datamodule
-        batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
-                                                 pl_module.device, trainer.global_rank, trainer.world_size)
-        stats = collect_statistics(net, layers, batches, datamodule.num_classes, bins=settings.bins,
-                                   binning=settings.binning, tap=settings.tap, fine_bins=settings.fine_bins,
-                                   progress=trainer.progress_bar_callback is not None)
-    return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
+    with torch.inference_mode(False), torch.no_grad():
+        if metric.needs_statistics:
+            stats = collect_statistics(net, layers, batches, num_classes, bins=settings.bins, binning=settings.binning,
+                                       tap=settings.tap, fine_bins=settings.fine_bins, progress=progress)
+        return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
 
 
 class ChannelScoring(pl.Callback):
@@ -79,8 +75,13 @@ class ChannelScoring(pl.Callback):
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect, score and save (rank 0 writes the file)."""
-        self.scores, self.statistics = score_channels(trainer, pl_module, self.metric, self.settings,
-                                                         self.group_reduction)
+        net, settings, datamodule = pl_module.net, self.settings, trainer.datamodule
+        layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
+        batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
+                                                 pl_module.device, trainer.global_rank, trainer.world_size)
+        self.scores, self.statistics = score_channels(net, layers, self.metric, batches, datamodule.num_classes,
+                                                      settings, self.group_reduction,
+                                                      progress=trainer.progress_bar_callback is not None)
         if self.save_dir is not None and trainer.is_global_zero:
             path = save_channel_scores(self.save_dir / "channel_scores.pt", self.metric.name, self.scores,
                                        self.statistics, asdict(self.settings), trainer.datamodule.num_classes)

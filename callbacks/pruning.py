@@ -18,17 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from callbacks.cep import apply_connection_masks, make_permanent
-from callbacks.channel_scores import StatisticsSettings
+from callbacks.channel_scores import StatisticsSettings, score_channels
 from infoprune.io import atomic_save
 from pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from pruning.cost import PruningCost
 from pruning.layers import PrunableLayer, find_prunable_layers
 from pruning.masks import apply_channel_masks, removed_channels
-from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
+from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from pruning.optim_state import carry_optimizer, surviving_indices
 from pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
 from pruning.slim import slim, slim_to_widths
-from pruning.stats import collect_statistics
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +165,8 @@ class ChannelPruning(ScheduledPruning):
         calibration_dataloader: where calibration images come from when the datamodule has no
             ``calibration_batches``.
         save_path: where the slimmed network is saved at the end of fit (``load_slimmed`` reloads it).
+        round_to, overrides, exclude: layer-wise widths rounded up to a multiple; per-group amounts; groups left
+            as they are (``exclude`` also for ``global``).
     """
 
     def __init__(self, metric: ChannelScorer, amount: float = 0.5, scope: str = "layerwise", mode: str = "params",
@@ -173,7 +174,8 @@ class ChannelPruning(ScheduledPruning):
                  schedule: str = "oneshot", start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1,
                  slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
                  group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
-                 save_path: str | None = None) -> None:
+                 save_path: str | None = None, round_to: int = 1, overrides: dict[str, float] | None = None,
+                 exclude: list[str] | None = None) -> None:
         super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
@@ -184,6 +186,7 @@ class ChannelPruning(ScheduledPruning):
         self.metric, self.scope, self.mode, self.resource = metric, scope, mode, resource
         self.normalization, self.min_channels, self.group_reduction = normalization, min_channels, group_reduction
         self.slim_epoch, self.save_path = slim_epoch, save_path
+        self.round_to, self.overrides, self.exclude = round_to, dict(overrides or {}), list(exclude or [])
         self.keep: dict[str, torch.Tensor] | None = None
         self.scores: dict[str, torch.Tensor] | None = None
         self.structure: dict[str, int] | None = None
@@ -224,28 +227,29 @@ class ChannelPruning(ScheduledPruning):
         steps stay removed) and mask."""
         net = self.net(pl_module)
         self._layers = layers = self.layers(pl_module)
-        stats = None
-        with torch.inference_mode(False), torch.no_grad():
-            if self.metric.needs_statistics:
-                stats = collect_statistics(net, layers, self._calibration(trainer, pl_module),
-                                           self._num_classes(pl_module, trainer), bins=self.settings.bins,
-                                           binning=self.settings.binning, tap=self.settings.tap,
-                                           fine_bins=self.settings.fine_bins, progress=False)
-            self.scores = {layer.name: score_group(self.metric, layer, stats, self.group_reduction)
-                           for layer in layers}
-        removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
-        if self.scope == "layerwise":
-            scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
-                      for name, s in self.scores.items()}
-            self.keep = select_layerwise(scores, layers, amount, mode=self.mode, min_channels=self.min_channels)
-        else:
-            cost = PruningCost(net, layers, self.example(pl_module))
-            self.keep = select_global(self.scores, layers, cost, 1.0 - amount, resource=self.resource,
-                                      normalization=self.normalization, min_channels=self.min_channels,
-                                      already_removed=removed)
+        batches = self._calibration(trainer, pl_module) if self.metric.needs_statistics else None
+        self.scores, _ = score_channels(net, layers, self.metric, batches, self._num_classes(pl_module, trainer),
+                                        self.settings, self.group_reduction)
+        self.keep = self.select(net, layers, self.scores, amount, self.example(pl_module))
         apply_channel_masks(layers, self.keep)
         log.info("ChannelPruning: epoch %d, %.1f%% pruned (%s)", trainer.current_epoch, 100 * amount,
                  {name: len(k) for name, k in self.keep.items()})
+
+    def select(self, net: nn.Module, layers: list[PrunableLayer], scores: dict[str, torch.Tensor], amount: float,
+               example: torch.Tensor, only: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Channels kept when ``amount`` of ``net`` as it is now is removed (``layerwise``: of every group, only the
+        groups in ``only`` when given; ``global``: of the network's resource); channels masked by earlier steps go
+        first."""
+        removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
+        exclude = list(self.exclude) + [layer.name for layer in layers if only is not None and layer.name not in only]
+        if self.scope == "layerwise":
+            scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
+                      for name, s in scores.items()}
+            return select_layerwise(scores, layers, amount, mode=self.mode, min_channels=self.min_channels,
+                                    round_to=self.round_to, overrides=self.overrides, exclude=exclude)
+        return select_global(scores, layers, PruningCost(net, layers, example), 1.0 - amount,
+                             resource=self.resource, normalization=self.normalization,
+                             min_channels=self.min_channels, exclude=exclude, already_removed=removed)
 
     def _num_classes(self, pl_module: pl.LightningModule, trainer: pl.Trainer) -> int:
         for source in (getattr(trainer, "datamodule", None), pl_module):
@@ -255,24 +259,27 @@ class ChannelPruning(ScheduledPruning):
             return int(self.net(pl_module).eval()(self.example(pl_module)).shape[-1])
 
     # -- slimming -------------------------------------------------------------------------------------------------
-    def slim_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Remove the masked channels for real; while fitting, carry the optimizer (and its per-entry state) over to
-        the new parameters and wrap the module in a fresh DDP wrapper."""
+    def slim_now(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> None:
+        """Remove the channels not in ``self.keep`` for real; while fitting, carry the optimizer (and its per-entry
+        state) over to the new parameters and wrap the module in a fresh DDP wrapper (``trainer`` None: outside a
+        fit)."""
         if self.keep is None:
             raise RuntimeError("ChannelPruning: nothing to slim before the first pruning step")
         net, example, keep = self.net(pl_module), self.example(pl_module), self.keep
+        optimizers = trainer.optimizers if trainer is not None else []
         before = dict(net.named_parameters())
-        kept = surviving_indices(net, lambda copy: slim(copy, find_prunable_layers(copy, example), keep, example))
+        if optimizers:
+            kept = surviving_indices(net, lambda copy: slim(copy, find_prunable_layers(copy, example), keep, example))
         layers = find_prunable_layers(net, example)
         slim(net, layers, keep, example)
         self.structure = {layer.name: layer.num_channels for layer in layers}
         if "structure" in getattr(pl_module, "hparams", {}):
             pl_module.hparams["structure"] = dict(self.structure)  # ImageClassifier rebuilds from its hparams
         after = dict(net.named_parameters())
-        for optimizer in trainer.optimizers:
+        for optimizer in optimizers:
             carry_optimizer(optimizer, before, after, kept)
-        strategy = trainer.strategy
-        if isinstance(strategy.model, DistributedDataParallel):
+        strategy = trainer.strategy if trainer is not None else None
+        if strategy is not None and isinstance(strategy.model, DistributedDataParallel):
             strategy.model = strategy.model.module
             strategy.configure_ddp()
 

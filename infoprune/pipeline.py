@@ -23,7 +23,8 @@ from rich.table import Table
 
 from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from callbacks.channel_scores import ChannelScoring
-from callbacks.masking import save_weights_checkpoint, slim_classifier
+from callbacks.masking import save_weights_checkpoint
+from callbacks.pruning import ChannelPruning
 from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.io import atomic_save
@@ -33,12 +34,11 @@ from infoprune.validation import CheckedRun, validate_pruning
 from models.classifier import ImageClassifier, count_flops, count_parameters
 from pruning.batchnorm import recalibrate_batchnorm
 from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
-from pruning.cost import PruningCost, output_positions
+from pruning.cost import output_positions
 from pruning.distributed import rank_and_world_size
 from pruning.layers import find_prunable_layers
 from pruning.metrics import Entropy, MutualInformation
 from pruning.schedule import PruningStep, plan_schedule
-from pruning.selection import select_global, select_layerwise
 from pruning.sparse import save_sparse
 from pruning.summary import PruningSummary
 
@@ -96,6 +96,22 @@ class PruningRun:
         self.loggers = instantiate_group(cfg.get("logger"))
         for logger in self.loggers:
             logger.log_hyperparams(flatten(resolved(cfg)))
+        self.channel_pruning = None if isinstance(self.metric, ConnectionCriterion) else self.channel_callback()
+
+    def channel_callback(self) -> ChannelPruning:
+        """The drop-in callback configured as this run's scope: ``prune.py`` selects and slims through it, the way
+        a user's Trainer would."""
+        scope = self.cfg.pruning.scope
+        normalization = scope.get("normalization", "max")
+        if normalization == "auto":
+            normalization = "none" if isinstance(self.metric, (MutualInformation, Entropy)) else "max"
+        return ChannelPruning(self.metric, float(self.cfg.pruning.target), scope=scope.name,
+                              mode=scope.get("mode", "params"), resource=scope.get("resource", "params"),
+                              normalization=normalization, min_channels=scope.min_channels,
+                              network="net", stats=resolved(self.cfg.pruning.stats),
+                              group_reduction=self.cfg.pruning.get("group_reduction", "mean"),
+                              round_to=scope.get("round_to", 1), overrides=dict(scope.get("overrides") or {}),
+                              exclude=list(scope.exclude))
 
     # -- trainers ----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,
@@ -183,23 +199,17 @@ class PruningRun:
 
     def select(self, model: ImageClassifier, scores: dict[str, torch.Tensor], step: PruningStep,
                dense: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Channels to keep after ``step`` (``dense``: params and FLOPs of the unpruned network)."""
-        scope = self.cfg.pruning.scope
+        """Channels to keep after ``step`` (``dense``: params and FLOPs of the unpruned network), chosen by the
+        channel-pruning callback on the network as it is now (slimmed by the earlier steps)."""
         example = model.example_input_array.to(model.device)
         layers = find_prunable_layers(model.net, example)
-        if scope.name == "layerwise":
-            touched = step.layers or [layer.name for layer in layers]
-            exclude = list(scope.exclude) + [layer.name for layer in layers if layer.name not in touched]
-            return select_layerwise(scores, layers, step.amount, mode=scope.mode, min_channels=scope.min_channels,
-                                    round_to=scope.round_to, overrides=dict(scope.overrides), exclude=exclude)
-        cost = PruningCost(model.net, layers, example)
-        current = cost.dense_params if scope.resource == "params" else cost.dense_flops
-        normalization = scope.normalization
-        if normalization == "auto":
-            normalization = "none" if isinstance(self.metric, (MutualInformation, Entropy)) else "max"
-        return select_global(scores, layers, cost, min(1.0, step.remaining * dense[scope.resource] / current),
-                             resource=scope.resource, normalization=normalization, min_channels=scope.min_channels,
-                             exclude=list(scope.exclude))
+        pruning = self.channel_pruning
+        pruning.keep = None  # earlier steps were slimmed, not masked
+        amount = step.amount
+        if pruning.scope == "global":
+            current = count_parameters(model.net) if pruning.resource == "params" else count_flops(model.net, example)
+            amount = 1.0 - min(1.0, step.remaining * dense[pruning.resource] / current)
+        return pruning.select(model.net, layers, scores, amount, example, only=step.layers)
 
     def recalibrate(self, model: ImageClassifier) -> None:
         """Re-estimate BatchNorm statistics on ``pruning.recalibrate_bn_images`` training images (0: off), the same
@@ -259,7 +269,8 @@ class PruningRun:
         for i, step in enumerate(plan):
             scores = self.scores(model, f"step_{i}")
             with self.timed(f"step_{i}/selection_slimming"):
-                slim_classifier(model, self.select(model, scores, step, dense))
+                self.channel_pruning.keep = self.select(model, scores, step, dense)
+                self.channel_pruning.slim_now(None, model)
             if step.finetune_epochs:
                 self.finetune_settings(model, step.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", step.finetune_epochs)
