@@ -27,6 +27,7 @@ from callbacks.masking import save_weights_checkpoint
 from callbacks.pruning import ChannelPruning
 from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
+from infoprune.console import announce_phase, quiet_terminal
 from infoprune.io import atomic_save
 from infoprune.threads import apply_job_threads
 from infoprune.training import best_checkpoint
@@ -117,7 +118,10 @@ class PruningRun:
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,
                 **overrides: Any) -> pl.Trainer:
         """A fresh Trainer for ``phase``; fit phases get the configured callbacks, checkpointing into
-        ``<output>/<phase>/checkpoints``; ``overrides`` are Trainer arguments."""
+        ``<output>/<phase>/checkpoints``; ``overrides`` are Trainer arguments. The phase's name is printed as it
+        starts."""
+        if self.is_global_zero():
+            announce_phase(phase)
         group = []
         if fit and self.cfg.get("callbacks"):
             callbacks_cfg = OmegaConf.create(resolved(self.cfg.callbacks))
@@ -442,6 +446,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     """Run the pruning pipeline of ``cfg``, returning ``results.json``'s content. The whole config is checked
     first; a finished run with the same settings in the output directory is returned without touching a file of
     it (rerunning a sweep fills in only its missing jobs)."""
+    quiet_terminal(bool(cfg.get("verbose", False)))
     checked = validate_pruning(cfg)
     finished = finished_results(cfg)
     if finished is not None:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from infoprune.builders import build_model
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
+from infoprune.console import quiet_terminal
 from infoprune.threads import apply_job_threads
 from infoprune.validation import validate_training
 
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.datamodule`` (resuming from ``cfg.ckpt_path`` if set), then test the best
     checkpoint. Returns every logged metric (``val/...`` of the last epoch, ``test/...`` of the best checkpoint).
     With ``train=false`` the checkpoint is evaluated: ``val/...`` and ``test/...`` of its weights."""
+    quiet_terminal(bool(cfg.get("verbose", False)))
     datamodule = validate_training(cfg).datamodule
     apply_job_threads(cfg.get("threads", "auto"))
     if cfg.get("seed") is not None:
