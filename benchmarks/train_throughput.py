@@ -8,7 +8,8 @@ two-thread job (images/s of the whole machine).
     DATA_DIR=../shared/datasets python -m benchmarks.train_throughput [--repeats 2] [--batches N] [--warmup 3]
 
 Steady state only: the first ``--warmup`` batches (allocator warm-up, compilation) are not timed, nor is the
-Trainer's set-up. Each figure is the best of ``--repeats`` measurements (interference only ever slows a run down);
+Trainer's set-up. Each figure is the best of ``--repeats`` rounds in which every measurement runs once in turn
+(interference only ever slows a run down, and drift hits every figure of a round alike);
 the timed batches default to about ten seconds of training per measurement (bfloat16 autocast, an order of magnitude
 slower where the CPU has no bf16 units, is measured once on a twelfth of them). Without the datasets under
 DATA_DIR, synthetic images of the same shapes are used. Last line: JSON with ``lightning_over_plain_<network>``
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -161,7 +163,7 @@ def machine_images_per_s(network: str, jobs: int, batches: int, warmup: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, help="timed training batches per measurement (default: per network)")
-    parser.add_argument("--repeats", type=int, default=2, help="measurements per figure (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of measurements (the best of each figure is kept)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings (quick runs)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
@@ -171,28 +173,41 @@ def main() -> None:
         print(plain_images_per_s(args.plain_only, args.batches, args.warmup))
         return
 
-    def best(measure, *a, **k) -> float:
-        return max(measure(*a, **k) for _ in range(args.repeats))
+    def round_robin(measures: dict[str, Callable[[], float]]) -> dict[str, float]:
+        """Best of ``--repeats`` rounds, every measurement once per round in turn, so a machine that drifts
+        (other tenants, clock changes) slows every figure alike instead of skewing their ratios."""
+        best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for name, measure in measures.items():
+                best[name] = max(best.get(name, 0.0), measure())
+        return best
 
     figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(),
                                              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     rows = []
     for network in args.networks:
         n = args.batches or NETWORKS[network][2]
-        slow = max(2, n // 12)  # bf16 autocast: an order of magnitude slower without bf16 units, measured once
-        plain = {
-            "contiguous": best(plain_images_per_s, network, n, args.warmup),
-            "channels_last": best(plain_images_per_s, network, n, args.warmup, channels_last=True),
-            **({} if args.no_compile else
-               {"compile": best(plain_images_per_s, network, n, args.warmup, compile_net=True)}),
-            "bf16_autocast": plain_images_per_s(network, slow, 1, bf16=True),
-        }
-        lightning = {name: lightning_images_per_s(network, setting, slow, 1) if "bf16" in name
-                     else best(lightning_images_per_s, network, setting, n, args.warmup)
-                     for name, setting in SETTINGS.items() if not (args.no_compile and "compile" in name)}
-        machine = {f"{jobs}x{2 // jobs}": best(machine_images_per_s, network, jobs, n, args.warmup) for jobs in (1, 2)}
-        # like with like: the plain loop in the memory format the current configuration trains in
+        slow = max(2, n // 12)
         reference = "channels_last" if current_uses_channels_last(network) else "contiguous"
+        timed = {
+            "plain/contiguous": lambda: plain_images_per_s(network, n, args.warmup),
+            "plain/channels_last": lambda: plain_images_per_s(network, n, args.warmup, channels_last=True),
+            **({} if args.no_compile else
+               {"plain/compile": lambda: plain_images_per_s(network, n, args.warmup, compile_net=True)}),
+            **{f"lightning/{name}": (lambda setting=setting: lightning_images_per_s(network, setting, n, args.warmup))
+               for name, setting in SETTINGS.items() if "bf16" not in name
+               and not (args.no_compile and "compile" in name)},
+            **{f"machine/{jobs}x{2 // jobs}": (lambda jobs=jobs: machine_images_per_s(network, jobs, n, args.warmup))
+               for jobs in (1, 2)},
+        }
+        measured = round_robin(timed)
+        # bfloat16 autocast: an order of magnitude slower without bf16 units, measured once on fewer batches
+        measured["plain/bf16_autocast"] = plain_images_per_s(network, slow, 1, bf16=True)
+        measured["lightning/bf16_autocast"] = lightning_images_per_s(network, SETTINGS["bf16_autocast"], slow, 1)
+        plain = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("plain/")}
+        lightning = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("lightning/")}
+        machine = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("machine/")}
+        # like with like: the plain loop in the memory format the current configuration trains in
         figures[f"lightning_over_plain_{network}"] = round(lightning["current"] / plain[reference], 3)
         winner = max(lightning, key=lightning.get)
         figures[f"best_setting_{network}"] = winner

@@ -62,13 +62,16 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, callbacks=[pruning],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          strategy="ddp" if args.devices > 1 else "auto")
-    trainer.fit(ResNetClassifier(), datamodule=FakeImages())
+    module = ResNetClassifier()
+    trainer.fit(module, datamodule=FakeImages())
     if trainer.is_global_zero:
         print("widths:", pruning.structure)
         if args.report:
             scores = {name: s.tolist() for name, s in pruning.scores.items()}
+            optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
             with open(args.report, "w") as f:
-                json.dump({"structure": pruning.structure, "scores": scores, "global_step": trainer.global_step}, f)
+                json.dump({"structure": pruning.structure, "scores": scores, "global_step": trainer.global_step,
+                           "optimizer_holds_the_parameters": optimized == {id(p) for p in module.parameters()}}, f)
 
 
 if __name__ == "__main__":

@@ -205,3 +205,4 @@ def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_sli
     for name, scores in single["scores"].items():
         torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)
     assert ddp["global_step"] * 2 == single["global_step"] == 16  # every epoch ran, on half the batches per process
+    assert ddp["optimizer_holds_the_parameters"] and single["optimizer_holds_the_parameters"]
