@@ -231,6 +231,11 @@ class PruningRun:
         if model.hparams.scheduler and "T_max" in model.hparams.scheduler:
             model.hparams.scheduler["T_max"] = max(1, int(epochs))
 
+    def step_finetune_epochs(self) -> int:
+        """Fine-tuning epochs after every step but the last (0 for one-shot pruning)."""
+        schedule = self.cfg.pruning.schedule
+        return 0 if schedule.name == "oneshot" else int(schedule.get("finetune_epochs", 0) or 0)
+
     def save_state(self, state: dict[str, Any]) -> None:
         state["phases"] = dict(self.phases)
         if self.is_global_zero():
@@ -377,7 +382,8 @@ class PruningRun:
             "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
-            "groups": state.get("groups", {}), "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
+            "groups": state.get("groups", {}), "step_finetune_epochs": self.step_finetune_epochs(),
+            "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
             "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "threads": torch.get_num_threads(),
             "settings_digest": settings_digest(self.cfg),
@@ -412,9 +418,10 @@ def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> 
 
 def print_results(results: dict[str, Any]) -> None:
     """The per-layer table and the accuracy/size table of a finished run."""
+    connection = str(results["scope"]).startswith("connection")
     summary = PruningSummary(results["channels_before"], results["channels_after"], int(results["params_before"]),
                              int(results["params_after"]), int(results["flops_before"]), int(results["flops_after"]),
-                             results.get("groups", {}))
+                             results.get("groups", {}), unit="weights" if connection else "channels")
     console = Console()
     summary.print(console)
     table = Table(title=f"{results['metric']} / {results['scope']} / {results['schedule']} / target {results['target']}")
@@ -422,11 +429,20 @@ def print_results(results: dict[str, Any]) -> None:
         table.add_column(column, justify="right")
     table.add_row("baseline", f"{results['acc_baseline']:.2%}", f"{int(results['params_before']):,}",
                   f"{int(results['flops_before']):,}")
-    table.add_row("pruned, no fine-tune", f"{results['acc_pruned']:.2%}", f"{int(results['params_after']):,}",
+    table.add_row(pruned_row_label(results), f"{results['acc_pruned']:.2%}", f"{int(results['params_after']):,}",
                   f"{int(results['flops_after']):,}")
     table.add_row("pruned + fine-tuned", f"{results['acc_finetuned']:.2%}",
                   f"{results['params_remaining']:.1%} left", f"{results['flops_reduction']:.2f}x fewer")
     console.print(table)
+
+
+def pruned_row_label(results: dict[str, Any]) -> str:
+    """What "right after pruning" includes: the short fine-tunes between steps, where the schedule has them."""
+    between = int(results.get("step_finetune_epochs", 0) or 0)
+    if not between:
+        return "pruned, no fine-tune"
+    per = "per-layer" if results["schedule"] == "layer_by_layer" else "per-step"
+    return f"pruned, {per} fine-tunes only"
 
 
 def finished_results(cfg: DictConfig) -> dict[str, Any] | None:

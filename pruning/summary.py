@@ -20,6 +20,8 @@ class PruningSummary:
     flops_after: int
     #: channel groups of several layers: group name -> its members (one row each in the table, named by the group)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    #: what the per-layer counts are: ``channels`` (channel pruning) or ``weights`` (connection pruning)
+    unit: str = "channels"
 
     def metrics(self, prefix: str = "pruning/") -> dict[str, float]:
         """Flat metrics: totals, remaining fractions, speed-up by FLOPs, and channels kept per layer."""
@@ -32,9 +34,10 @@ class PruningSummary:
         return {f"{prefix}{key}": float(value) for key, value in out.items()}
 
     def table(self) -> Table:
-        table = Table(title="Channel pruning", show_footer=True)
+        title = "Channel pruning" if self.unit == "channels" else "Connection pruning"
+        table = Table(title=title, show_footer=True)
         table.add_column("layer", footer="network")
-        table.add_column("channels before", justify="right")
+        table.add_column(f"{self.unit} before", justify="right")
         table.add_column("after", justify="right")
         table.add_column("kept", justify="right")
         for name, before in self.channels_before.items():

@@ -6,6 +6,7 @@ import copy
 import os
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -194,6 +195,12 @@ def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
     assert first["params_remaining"] < 0.6
     # load_from_checkpoint knows no widths: the structure record rebuilds the slimmed network
     assert digits_test_accuracy(final) == pytest.approx(first["acc_finetuned"], abs=1e-6)
+    rebuilt = ImageClassifier.load_from_checkpoint(final, weights_only=False)
+    randomized(rebuilt.net)  # trainer.test(ckpt_path=...) must restore the weights into the rebuilt network
+    tester = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    tested = tester.test(rebuilt, datamodule=DigitsDataModule(), ckpt_path=str(final), weights_only=False,
+                         verbose=False)[0]
+    assert tested["test/acc"] == pytest.approx(first["acc_finetuned"], abs=1e-6)
     trained = FAST + ["trainer.accelerator=cpu", "model=resnet18_tv"]
     tested = train(compose_config("train", trained + [f"init_from={final}", "train=false"],
                                   tmp_path / "tested"))

@@ -134,3 +134,15 @@ def test_connection_runs_from_before_the_scope_named_the_threshold_rule_get_it_f
     (tmp_path / "oldest" / "config_resolved.yaml").write_text("pruning:\n  metric:\n    order: 1\n")
     scopes = {Path(r["run_dir"]).name: r["scope"] for r in load_runs(tmp_path)}
     assert scopes == {"oldest": "connection/group", "old_global": "connection/global", "new": "connection/layer"}
+
+
+def test_tables_say_what_they_count_and_what_right_after_pruning_includes():
+    from infoprune.pipeline import pruned_row_label
+    from pruning.summary import PruningSummary
+    table = PruningSummary({"fc": 100}, {"fc": 16}, 100, 16, 200, 32, unit="weights").table()
+    assert table.title == "Connection pruning" and table.columns[1].header == "weights before"
+    assert PruningSummary({"c": 8}, {"c": 4}, 10, 5, 20, 10).table().title == "Channel pruning"
+    assert pruned_row_label({"schedule": "layer_by_layer", "step_finetune_epochs": 1}) == \
+        "pruned, per-layer fine-tunes only"
+    assert pruned_row_label({"schedule": "iterative", "step_finetune_epochs": 2}) == "pruned, per-step fine-tunes only"
+    assert pruned_row_label({"schedule": "iterative", "step_finetune_epochs": 0}) == "pruned, no fine-tune"
