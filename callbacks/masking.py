@@ -61,19 +61,3 @@ def save_weights_checkpoint(module: ImageClassifier, path: str | Path) -> Path:
     payload = {"state_dict": module.state_dict(), ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
                "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0}
     return atomic_save(payload, path)
-
-
-def export_network(module: ImageClassifier, path: str | Path, fmt: str = "torchscript") -> Path:
-    """The network (eval mode, CPU) for deployment: ``torchscript`` (traced) or ``onnx``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    net = module.net.eval().cpu()
-    example = module.example_input_array.cpu()
-    if fmt == "torchscript":
-        torch.jit.trace(net, example).save(str(path))
-    elif fmt == "onnx":
-        torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    else:
-        raise ValueError(f"unknown export format {fmt!r}; choose torchscript or onnx")
-    return path

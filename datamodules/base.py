@@ -104,6 +104,12 @@ class ImageDataModule(pl.LightningDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    @property
+    def preprocessing(self) -> dict:
+        """What ``transform_batch`` does to stored uint8 pixels outside training augmentation:
+        ``(pixels * scale - mean) / std`` per channel (recorded in checkpoints for export)."""
+        return {"scale": 1.0 / 255.0, "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+
     def check_files(self) -> None:
         """Raise ``DataNotFoundError`` (or download, when ``download`` is set) unless the files are present."""
         raise NotImplementedError

@@ -60,7 +60,8 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> ImageClassifier
             if saved["net"].get("channels") is not None:  # widths given to the network itself (our own models)
                 net_args["channels"] = list(saved["net"]["channels"])
     try:
-        model = instantiate(cfg.model, net=net_args, input_shape=list(datamodule.input_shape), structure=structure)
+        model = instantiate(cfg.model, net=net_args, input_shape=list(datamodule.input_shape), structure=structure,
+                            preprocessing=datamodule.preprocessing)
     except InstantiationException as error:  # the network's own error (not a module, a bad argument) as is
         raise (error.__cause__ or error) from None
     if checkpoint is not None:

@@ -70,6 +70,8 @@ class ImageClassifier(pl.LightningModule):
         structure: the slimmed network's channel-group widths (group name -> channels kept), written by slimming;
             the dense network is built and slimmed to them (its first channels) before weights are loaded, for any
             architecture.
+        preprocessing: how the datamodule turns stored pixels into the network's input, recorded for use outside
+            the framework: ``input = (pixels * scale - mean) / std`` per channel (``infoprune.export``).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool | str = False,
         compile: bool = False,
         structure: dict[str, int] | None = None,
+        preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
         if channels_last not in (True, False, "auto"):
@@ -88,7 +91,7 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters({"net": _plain(net), "optimizer": _plain(optimizer),
                                    "scheduler": _plain(scheduler), "input_shape": list(input_shape),
                                    "channels_last": channels_last, "compile": bool(compile),
-                                   "structure": _plain(structure)})
+                                   "structure": _plain(structure), "preprocessing": _plain(preprocessing)})
         self._compiled: dict[str, Any] = {}  # torch.compile(net), kept out of the module tree and the state dict
         self.num_classes = int(self.hparams.net["num_classes"])
         self.net = build_network(self.hparams.net, self.num_classes, int(self.hparams.net.get("in_channels", 3)))

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from callbacks.masking import ChannelMasking, export_network, save_weights_checkpoint, slim_classifier
+from callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
+from infoprune.export import export_network
 from infoprune.training import train
 from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from models.classifier import ImageClassifier, count_flops, count_parameters
@@ -224,10 +225,10 @@ def test_export_torchscript_and_onnx(trained_digits, tmp_path):
     slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5))
     x = torch.randn(3, 1, 8, 8)
     expected = module.net.eval()(x)
-    scripted = torch.jit.load(str(export_network(module, tmp_path / "net.pt", "torchscript")))
+    scripted = torch.jit.load(str(export_network(module, tmp_path / "net.pt", "torchscript", bake=False)))
     torch.testing.assert_close(scripted(x), expected)
     import onnx
-    model = onnx.load(str(export_network(module, tmp_path / "net.onnx", "onnx")))
+    model = onnx.load(str(export_network(module, tmp_path / "net.onnx", "onnx", bake=False)))
     onnx.checker.check_model(model)
     conv_shapes = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 4]
     assert conv_shapes[0][0] == module.hparams.structure[layers[0].name]
