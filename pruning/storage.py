@@ -3,7 +3,9 @@
 Format ``infoprune.channel-scores/1``, a dict:
   ``format``, ``metric``, ``settings`` (tap, bins, binning, num_images, ...), ``num_classes``, ``num_images``,
   ``layers``: ``{layer name: {"tap", "scores" (C, float64), and for data-driven metrics "edges" (C x bins+1,
-  float64), "counts" (C x bins x classes, int64), "abs_sum" (C x bins, float64)}}``.
+  float64), "counts" (C x bins x classes, int64), "abs_sum" (C x bins, float64)}}``; a channel group appears under
+  its name (its first member's statistics), and ``member_statistics`` holds the statistics of its other members
+  in the same form (without scores).
 Logarithms are natural (nats). See docs/statistics.md for how to recompute a criterion from the counts.
 """
 from __future__ import annotations
@@ -22,16 +24,16 @@ FORMAT = "infoprune.channel-scores/1"
 def save_channel_scores(path: str | os.PathLike, metric: str, scores: dict[str, torch.Tensor],
                         stats: dict[str, LayerStatistics] | None, settings: dict, num_classes: int) -> Path:
     """Write scores and statistics to ``path`` atomically (a temporary file renamed into place)."""
-    layers = {}
-    for name, layer_scores in scores.items():
-        entry = {"scores": layer_scores}
-        if stats is not None:
-            s = stats[name]
-            entry.update(tap=s.tap, edges=s.edges, counts=s.counts, abs_sum=s.abs_sum)
-        layers[name] = entry
+    def described(s: LayerStatistics) -> dict:
+        return {"tap": s.tap, "edges": s.edges, "counts": s.counts, "abs_sum": s.abs_sum}
+
+    stats = stats or {}
+    layers = {name: {"scores": layer_scores, **(described(stats[name]) if name in stats else {})}
+              for name, layer_scores in scores.items()}
+    members = {name: described(s) for name, s in stats.items() if name not in scores}
     num_images = next(iter(stats.values())).num_images if stats else 0
     payload = {"format": FORMAT, "metric": metric, "settings": dict(settings), "num_classes": num_classes,
-               "num_images": num_images, "layers": layers}
+               "num_images": num_images, "layers": layers, "member_statistics": members}
     return atomic_save(payload, path)
 
 

@@ -110,3 +110,9 @@ def test_job_threads_share_the_cores_among_parallel_jobs(monkeypatch):
     assert threads.job_threads("auto", cores=8) is None and threads.job_threads(3, cores=8) == 3
     monkeypatch.setattr(threads, "parallel_jobs", lambda: 2)
     assert threads.job_threads("auto", cores=8) == 4 and threads.job_threads("auto", cores=1) == 1
+
+
+def test_the_configuration_reference_is_generated_from_conf():
+    from infoprune.config_reference import OUTPUT, generate
+    assert OUTPUT.read_text() == generate(), (
+        "docs/config_reference.md is stale: regenerate it with `python -m infoprune.config_reference`")
