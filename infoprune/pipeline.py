@@ -373,7 +373,7 @@ class PruningRun:
         """Save the final slimmed network and ``results.json``, log the summary, print the table."""
         summary = state["summary"]
         results = {
-            "metric": self.metric.name,
+            "metric": self.metric.name, "metric_variant": getattr(self.metric, "variant", None),
             "scope": (f"connection/{self.metric.threshold}" if isinstance(self.metric, ConnectionCriterion)
                       else self.cfg.pruning.scope.name),
             "schedule": self.cfg.pruning.schedule.name, "target": float(self.cfg.pruning.target),

@@ -85,11 +85,11 @@ class WeightedMutualInformation(ChannelScorer):
     VARIANTS = ("l1_out", "activation")
     needs_statistics = True
 
-    def __init__(self, variant: str = "l1_out") -> None:
+    def __init__(self, variant: str = "l1_out", name: str | None = None) -> None:
         if variant not in self.VARIANTS:
             raise ValueError(f"unknown weighted-MI variant {variant!r}; choose one of {self.VARIANTS}")
         self.variant = variant
-        self.name = f"wmi_{variant}"
+        self.name = name or f"wmi_{variant}"  # the config sets the name the user selected (wmi, wmi_l1, wmi_act)
 
     def score(self, layer, stats):
         if self.variant == "l1_out":

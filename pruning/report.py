@@ -6,7 +6,7 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 sweep over ``pruning.stats.bins``.
 
     python -m pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
-        [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi_l1_out]
+        [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi]
 """
 from __future__ import annotations
 
