@@ -20,16 +20,16 @@ import statistics
 import time
 
 import torch
+from infoprune.models import SimpleNet
+from infoprune.models.classifier import count_flops
+from infoprune.models.network import build_network
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import InputL1, score_group
+from infoprune.pruning.selection import select_global, select_layerwise
+from infoprune.pruning.slim import slim
 
 from benchmarks.common import print_json
-from models import SimpleNet
-from models.classifier import count_flops
-from models.network import build_network
-from pruning.cost import PruningCost
-from pruning.layers import find_prunable_layers
-from pruning.metrics import InputL1, score_group
-from pruning.selection import select_global, select_layerwise
-from pruning.slim import slim
 
 
 def latencies(nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:

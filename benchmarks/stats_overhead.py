@@ -11,11 +11,11 @@ import argparse
 import time
 
 import torch
+from infoprune.models import LeNet5, SimpleNet
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.stats import collect_statistics
 
 from benchmarks.common import print_json
-from models import LeNet5, SimpleNet
-from pruning.layers import find_prunable_layers
-from pruning.stats import collect_statistics
 
 
 class TimedBatches:

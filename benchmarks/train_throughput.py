@@ -29,9 +29,9 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from infoprune.datamodules import InMemoryImageDataModule, MNISTDataModule
 
 from benchmarks.common import SyntheticCIFAR, cifar_datamodule, compose, print_json
-from datamodules import InMemoryImageDataModule, MNISTDataModule
 from infoprune.builders import build_model
 from infoprune.training import build_trainer
 

@@ -7,9 +7,8 @@ from typing import Mapping
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from infoprune.pruning.cep import ConnectionCriterion
 from torch.nn.utils import prune as torch_prune
-
-from pruning.cep import ConnectionCriterion
 
 
 class ConnectionScoring(pl.Callback):

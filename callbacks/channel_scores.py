@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
-from pruning.layers import PrunableLayer, find_prunable_layers
-from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
-from pruning.stats import Batches, LayerStatistics, collect_statistics
-from pruning.storage import save_channel_scores
+from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
+from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
+from infoprune.pruning.stats import Batches, LayerStatistics, collect_statistics
+from infoprune.pruning.storage import save_channel_scores
 
 log = logging.getLogger(__name__)
 

@@ -14,20 +14,20 @@ from typing import Iterator
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from infoprune.callbacks.cep import apply_connection_masks, make_permanent
+from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
+from infoprune.pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
+from infoprune.pruning.masks import apply_channel_masks, removed_channels
+from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
+from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
+from infoprune.pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
+from infoprune.pruning.slim import slim, slim_to_widths
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from callbacks.cep import apply_connection_masks, make_permanent
-from callbacks.channel_scores import StatisticsSettings, score_channels
 from infoprune.io import atomic_save
-from pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
-from pruning.cost import PruningCost
-from pruning.layers import PrunableLayer, find_prunable_layers
-from pruning.masks import apply_channel_masks, removed_channels
-from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
-from pruning.optim_state import carry_optimizer, surviving_indices
-from pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
-from pruning.slim import slim, slim_to_widths
 
 log = logging.getLogger(__name__)
 

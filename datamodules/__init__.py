@@ -1,8 +1,8 @@
 """One LightningDataModule per dataset family, sharing one in-memory fast path (``datamodules.base``)."""
-from datamodules.base import DataNotFoundError, ImageDataModule, InMemoryImageDataModule
-from datamodules.digits import DigitsDataModule
-from datamodules.image_folder import CIFAR10JPEGDataModule, ImageNetDataModule
-from datamodules.torchvision_sets import (
+from infoprune.datamodules.base import DataNotFoundError, ImageDataModule, InMemoryImageDataModule
+from infoprune.datamodules.digits import DigitsDataModule
+from infoprune.datamodules.image_folder import CIFAR10JPEGDataModule, ImageNetDataModule
+from infoprune.datamodules.torchvision_sets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     FashionMNISTDataModule,

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
+from infoprune.datamodules.base import InMemoryImageDataModule
 from sklearn.datasets import load_digits
-
-from datamodules.base import InMemoryImageDataModule
 
 #: The test split is carved from the 1,797 images with this fixed seed, so every run tests on the same images.
 DIGITS_TEST_SEED = 20161106

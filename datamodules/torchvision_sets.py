@@ -8,9 +8,8 @@ import pickle
 from pathlib import Path
 
 import torch
+from infoprune.datamodules.base import InMemoryImageDataModule, missing_data_error
 from torchvision import datasets
-
-from datamodules.base import InMemoryImageDataModule, missing_data_error
 
 
 def _files_present(root: Path, files: list[str]) -> bool:

@@ -11,10 +11,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from infoprune.callbacks.pruning import ChannelPruning
+from infoprune.pruning.metrics import MutualInformation
 from torch.utils.data import DataLoader
-
-from callbacks.pruning import ChannelPruning
-from pruning.metrics import MutualInformation
 
 
 class ResNetClassifier(pl.LightningModule):

@@ -8,8 +8,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datamodules.base import ImageDataModule
-from models.classifier import ImageClassifier
+from infoprune.datamodules.base import ImageDataModule
+from infoprune.models.classifier import ImageClassifier
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:

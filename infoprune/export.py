@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.classifier import ImageClassifier
+from infoprune.models.classifier import ImageClassifier
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 

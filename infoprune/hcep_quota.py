@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infoprune.builders import build_datamodule, build_model
-from pruning.cep import ConnectionCriterion, prunable_weights, quota_effect
+from infoprune.pruning.cep import ConnectionCriterion, prunable_weights, quota_effect
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

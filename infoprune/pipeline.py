@@ -21,27 +21,27 @@ from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
-from callbacks.channel_scores import ChannelScoring
-from callbacks.masking import save_weights_checkpoint
-from callbacks.pruning import ChannelPruning
 from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
+from infoprune.callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
+from infoprune.callbacks.channel_scores import ChannelScoring
+from infoprune.callbacks.masking import save_weights_checkpoint
+from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.console import announce_phase, quiet_terminal
 from infoprune.io import atomic_save
+from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.pruning.batchnorm import recalibrate_batchnorm
+from infoprune.pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
+from infoprune.pruning.cost import output_positions
+from infoprune.pruning.distributed import rank_and_world_size
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import Entropy, MutualInformation
+from infoprune.pruning.schedule import PruningStep, plan_schedule
+from infoprune.pruning.sparse import save_sparse
+from infoprune.pruning.summary import PruningSummary
 from infoprune.threads import apply_job_threads
 from infoprune.training import best_checkpoint
 from infoprune.validation import CheckedRun, validate_pruning
-from models.classifier import ImageClassifier, count_flops, count_parameters
-from pruning.batchnorm import recalibrate_batchnorm
-from pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
-from pruning.cost import output_positions
-from pruning.distributed import rank_and_world_size
-from pruning.layers import find_prunable_layers
-from pruning.metrics import Entropy, MutualInformation
-from pruning.schedule import PruningStep, plan_schedule
-from pruning.sparse import save_sparse
-from pruning.summary import PruningSummary
 
 log = logging.getLogger(__name__)
 

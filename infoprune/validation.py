@@ -13,16 +13,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
-from datamodules.base import ImageDataModule
 from infoprune.builders import build_datamodule, build_model
-from models.classifier import ImageClassifier
-from pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
-from pruning.cost import PruningCost
-from pruning.layers import TAP_POINTS, find_prunable_layers
-from pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
-from pruning.schedule import SCHEDULES
-from pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
-from pruning.stats import BINNINGS
+from infoprune.datamodules.base import ImageDataModule
+from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import TAP_POINTS, find_prunable_layers
+from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
+from infoprune.pruning.schedule import SCHEDULES
+from infoprune.pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
+from infoprune.pruning.stats import BINNINGS
 
 SCOPES = ("layerwise", "global")
 RESOURCES = ("params", "flops")

@@ -9,6 +9,9 @@ from typing import Any, Callable
 import torch.nn as nn
 from hydra.utils import get_object, instantiate
 
+#: packages that were importable at the top level before they moved under ``infoprune`` (older checkpoints name
+#: their networks so)
+MOVED = ("models.", "datamodules.", "pruning.", "callbacks.")
 #: arguments a factory takes ``**kwargs`` for by convention (torchvision and timm both take ``num_classes``)
 CONVENTIONAL_KWARGS = ("num_classes",)
 
@@ -69,7 +72,11 @@ def build_network(config: dict, num_classes: int, in_channels: int) -> nn.Module
     try:
         factory = get_object(target)
     except Exception as error:  # noqa: BLE001 - Hydra raises several kinds for a bad path
-        raise ValueError(f"model.net._target_ {target!r} cannot be imported: {error}") from None
+        if not str(target).startswith(MOVED):
+            raise ValueError(f"model.net._target_ {target!r} cannot be imported: {error}") from None
+        target = f"infoprune.{target}"  # a checkpoint written before our packages moved under infoprune
+        config = {**config, "_target_": target}
+        factory = get_object(target)
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     accepted = _accepted(factory, tuple(sizes))
     net = instantiate({k: v for k, v in config.items() if k not in sizes}, **{k: sizes[k] for k in accepted})

@@ -5,8 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-
-from models.blocks import conv_bn_relu_stack, scaled_widths
+from infoprune.models.blocks import conv_bn_relu_stack, scaled_widths
 
 #: Output channels of the 13 convolutions at width 1.0 (5,482,176 conv weights on RGB input).
 SIMPLENET_WIDTHS = (64, 128, 128, 128, 128, 128, 256, 256, 256, 512, 2048, 256, 256)

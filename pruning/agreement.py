@@ -15,9 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-
-from pruning.report import load_runs
-from pruning.storage import load_channel_scores
+from infoprune.pruning.report import load_runs
+from infoprune.pruning.storage import load_channel_scores
 
 
 def kept_channels(scores: torch.Tensor, keep: int) -> set[int]:

@@ -7,8 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
-
-from pruning.layers import preserved_modes
+from infoprune.pruning.layers import preserved_modes
 
 
 @torch.no_grad()

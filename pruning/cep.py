@@ -25,9 +25,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from pruning.distributed import all_reduce
-from pruning.layers import preserved_modes
+from infoprune.pruning.distributed import all_reduce
+from infoprune.pruning.layers import preserved_modes
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 

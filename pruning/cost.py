@@ -12,9 +12,8 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
-
-from models.classifier import count_flops, count_parameters
-from pruning.layers import PrunableLayer, preserved_modes
+from infoprune.models.classifier import count_flops, count_parameters
+from infoprune.pruning.layers import PrunableLayer, preserved_modes
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:

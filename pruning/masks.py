@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-
-from pruning.layers import PrunableLayer
+from infoprune.pruning.layers import PrunableLayer
 
 
 def removed_channels(layer: PrunableLayer, keep: torch.Tensor) -> torch.Tensor:

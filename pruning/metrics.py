@@ -6,10 +6,9 @@ import zlib
 from typing import Mapping
 
 import torch
-
-from pruning.information import entropy, mutual_information, weighted_mutual_information
-from pruning.layers import PrunableLayer
-from pruning.stats import LayerStatistics
+from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
+from infoprune.pruning.layers import PrunableLayer
+from infoprune.pruning.stats import LayerStatistics
 
 
 class ChannelScorer:

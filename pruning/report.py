@@ -5,7 +5,7 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
-    python -m pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
+    python -m infoprune.pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
         [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi]
 """
 from __future__ import annotations

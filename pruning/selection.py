@@ -7,9 +7,8 @@ import math
 from typing import Iterable, Mapping
 
 import torch
-
-from pruning.cost import PruningCost
-from pruning.layers import PrunableLayer
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import PrunableLayer
 
 Keep = dict[str, torch.Tensor]
 LAYERWISE_MODES = ("channels", "params")

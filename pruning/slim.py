@@ -8,9 +8,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-
-from pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers
-from pruning.masks import removed_channels
+from infoprune.pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers
+from infoprune.pruning.masks import removed_channels
 
 
 def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor],

@@ -16,10 +16,9 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+from infoprune.pruning.distributed import all_reduce, rank_and_world_size
+from infoprune.pruning.layers import PrunableLayer, preserved_modes
 from tqdm import tqdm
-
-from pruning.distributed import all_reduce, rank_and_world_size
-from pruning.layers import PrunableLayer, preserved_modes
 
 BINNINGS = ("width", "frequency")
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]

@@ -51,9 +51,8 @@ def digits_test_accuracy(checkpoint: Path) -> float:
     logits over the whole test split in one batch; no Trainer, no torchmetrics): an independent reference for the
     accuracies the pipeline reports."""
     import torch
-
-    from datamodules import DigitsDataModule
-    from models.classifier import ImageClassifier
+    from infoprune.datamodules import DigitsDataModule
+    from infoprune.models.classifier import ImageClassifier
 
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
     datamodule = DigitsDataModule()

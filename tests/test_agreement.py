@@ -3,10 +3,9 @@ import json
 
 import pytest
 import torch
-
-from pruning.agreement import agreement_table, jaccard, kept_channels, parse_reference
-from pruning.report import load_runs
-from pruning.storage import save_channel_scores
+from infoprune.pruning.agreement import agreement_table, jaccard, kept_channels, parse_reference
+from infoprune.pruning.report import load_runs
+from infoprune.pruning.storage import save_channel_scores
 
 
 def test_jaccard_and_kept_channels():

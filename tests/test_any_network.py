@@ -12,20 +12,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torchvision
+from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models import CifarResNet
+from infoprune.models.classifier import ImageClassifier, count_flops
+from infoprune.models.network import build_network
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.masks import apply_channel_masks
+from infoprune.pruning.metrics import MutualInformation, RandomScore, score_group
+from infoprune.pruning.selection import select_global, select_layerwise
+from infoprune.pruning.slim import slim
+from infoprune.pruning.stats import collect_statistics
 
-from callbacks.masking import save_weights_checkpoint, slim_classifier
-from datamodules import DigitsDataModule
 from infoprune.validation import ConfigError, validate_pruning
-from models import CifarResNet
-from models.classifier import ImageClassifier, count_flops
-from models.network import build_network
-from pruning.cost import PruningCost
-from pruning.layers import find_prunable_layers
-from pruning.masks import apply_channel_masks
-from pruning.metrics import MutualInformation, RandomScore, score_group
-from pruning.selection import select_global, select_layerwise
-from pruning.slim import slim
-from pruning.stats import collect_statistics
 from tests.test_channel_scores import _free_port
 from tests.test_pruning import randomized
 
@@ -105,7 +105,7 @@ def test_every_group_is_prunable_and_masked_equals_slimmed(network):
 
 
 @pytest.mark.parametrize("net", [{"_target_": "torchvision.models.resnet18"},
-                                 {"_target_": "models.CifarResNet", "depth": 20}])
+                                 {"_target_": "infoprune.models.CifarResNet", "depth": 20}])
 def test_slimmed_checkpoint_of_a_grouped_network_reloads_with_equal_outputs(tmp_path, net):
     torch.manual_seed(0)
     module = ImageClassifier(net={**net, "num_classes": 10, "in_channels": 1},
@@ -218,7 +218,7 @@ def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
 def test_a_grouped_convolution_is_named_not_silently_dropped(caplog):
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    with caplog.at_level("WARNING", logger="pruning.layers"):
+    with caplog.at_level("WARNING", logger="infoprune.pruning.layers"):
         layers = find_prunable_layers(net, torch.zeros(1, 3, 16, 16))
     assert [layer.name for layer in layers] == ["4"]  # the last conv; 0 and 2 are tied by the grouped conv
     assert "grouped convolution(s) ['2']" in caplog.text

@@ -7,13 +7,10 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn as nn
-
-from callbacks.cep import apply_connection_masks, make_permanent
-from datamodules import DigitsDataModule
-from infoprune.hcep_quota import parse_arguments, quota_rows
-from infoprune.pipeline import prune
-from models import LeNet5
-from pruning.cep import (
+from infoprune.callbacks.cep import apply_connection_masks, make_permanent
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models import LeNet5
+from infoprune.pruning.cep import (
     ConnectionCriterion,
     connection_errors,
     connection_masks,
@@ -23,7 +20,10 @@ from pruning.cep import (
     prunable_weights,
     quota_effect,
 )
-from pruning.sparse import load_sparse, save_sparse
+from infoprune.pruning.sparse import load_sparse, save_sparse
+
+from infoprune.hcep_quota import parse_arguments, quota_rows
+from infoprune.pipeline import prune
 from tests import data_writers
 from tests.conftest import FAST, compose_config
 
@@ -247,10 +247,10 @@ def test_alexnet_imagenet_experiment_runs_on_a_tiny_image_folder(tmp_path):
                         "trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=4",
                         "pruning.stats.batch_size=2"]  # calibration: the 4 images of the val split
     results = prune(compose_config("prune", overrides, tmp_path / "run"))
-    assert results["network"] == "models.AlexNet" and results["density"] == pytest.approx(0.25, abs=1e-4)
+    assert results["network"] == "infoprune.models.AlexNet" and results["density"] == pytest.approx(0.25, abs=1e-4)
 
 
 def test_the_16_percent_recipe_is_cep_lenet5_mnist_with_the_global_threshold(tmp_path):
     cfg = compose_config("prune", ["experiment=cep_lenet5_mnist_16"], tmp_path)
-    assert cfg.datamodule._target_ == "datamodules.MNISTDataModule" and cfg.model.net._target_ == "models.LeNet5"
+    assert cfg.datamodule._target_ == "infoprune.datamodules.MNISTDataModule" and cfg.model.net._target_ == "infoprune.models.LeNet5"
     assert (cfg.pruning.metric.threshold, cfg.pruning.target, cfg.finetune.max_epochs) == ("global", 0.842, 8)

@@ -12,11 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 from hydra.utils import instantiate
-
-from datamodules import DigitsDataModule
-from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from pruning.layers import find_prunable_layers
-from pruning.metrics import (
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import (
     Entropy,
     InputL1,
     MutualInformation,
@@ -25,8 +24,9 @@ from pruning.metrics import (
     output_l1,
     score_group,
 )
-from pruning.stats import collect_statistics
-from pruning.storage import load_channel_scores, save_channel_scores
+from infoprune.pruning.stats import collect_statistics
+from infoprune.pruning.storage import load_channel_scores, save_channel_scores
+
 from tests.conftest import CONF
 
 
@@ -180,7 +180,7 @@ def test_scores_file_round_trip(small_setup, tmp_path):
     assert payload["num_images"] == 90 and payload["settings"]["bins"] == 8
     first = payload["layers"][layers[0].name]
     torch.testing.assert_close(first["scores"], scores[layers[0].name])
-    from pruning.information import mutual_information
+    from infoprune.pruning.information import mutual_information
     torch.testing.assert_close(mutual_information(first["counts"]), first["scores"])  # recomputable from counts
     from sklearn.metrics import mutual_info_score  # the recipe docs/statistics.md gives
     assert mutual_info_score(None, None, contingency=first["counts"][1].numpy()) == pytest.approx(

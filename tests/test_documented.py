@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models import SimpleNet
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import WeightedMutualInformation
+from infoprune.pruning.stats import LayerStatistics, collect_statistics
 
-from datamodules import DigitsDataModule
 from infoprune.config import instantiate_group
-from models import SimpleNet
-from pruning.layers import find_prunable_layers
-from pruning.metrics import WeightedMutualInformation
-from pruning.stats import LayerStatistics, collect_statistics
 from tests.conftest import compose_config, mi_by_hand
 
 

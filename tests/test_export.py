@@ -11,14 +11,14 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import InputL1
+from infoprune.pruning.selection import select_layerwise
 
-from callbacks.masking import save_weights_checkpoint, slim_classifier
-from datamodules import DigitsDataModule
 from infoprune.training import train
-from models.classifier import ImageClassifier
-from pruning.layers import find_prunable_layers
-from pruning.metrics import InputL1
-from pruning.selection import select_layerwise
 from tests.conftest import FAST, ROOT, compose_config
 
 

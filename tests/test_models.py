@@ -5,9 +5,8 @@ import pytest
 import torch
 import torchvision
 from hydra.utils import instantiate
-
-from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
+from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 
 
 def conv_weights(net: torch.nn.Module) -> int:
@@ -84,8 +83,8 @@ def test_every_model_config_composes_and_runs_forward_backward(make_cfg, name):
 
 
 def test_top5_accuracy_is_tracked_only_beyond_ten_classes():
-    from models.classifier import ImageClassifier
-    net = {"_target_": "models.SimpleNet", "width": 0.125, "num_classes": 100, "in_channels": 3}
+    from infoprune.models.classifier import ImageClassifier
+    net = {"_target_": "infoprune.models.SimpleNet", "width": 0.125, "num_classes": 100, "in_channels": 3}
     many = ImageClassifier(net=net, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
     few = ImageClassifier(net=dict(net, num_classes=10), optimizer={"_target_": "torch.optim.SGD", "_partial_": True,
                                                                     "lr": 0.1})
@@ -94,8 +93,8 @@ def test_top5_accuracy_is_tracked_only_beyond_ten_classes():
 
 
 def test_accuracy_is_the_fraction_of_images_classified_correctly_on_unbalanced_labels():
-    from models.classifier import ImageClassifier
-    net = {"_target_": "models.LeNet5", "input_size": 8, "padding": 2, "num_classes": 10}
+    from infoprune.models.classifier import ImageClassifier
+    net = {"_target_": "infoprune.models.LeNet5", "input_size": 8, "padding": 2, "num_classes": 10}
     model = ImageClassifier(net=net, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
     labels = torch.tensor([0] * 8 + [1, 2])
     logits = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 10).float()  # always predicts class 0
@@ -104,9 +103,9 @@ def test_accuracy_is_the_fraction_of_images_classified_correctly_on_unbalanced_l
 
 
 def test_channels_last_setting_changes_the_memory_format_not_the_outputs():
-    from models.classifier import cpu_has_avx2
+    from infoprune.models.classifier import cpu_has_avx2
 
-    cfg = {"_target_": "models.SimpleNet", "width": 0.125, "num_classes": 10, "in_channels": 3}
+    cfg = {"_target_": "infoprune.models.SimpleNet", "width": 0.125, "num_classes": 10, "in_channels": 3}
     optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
     torch.manual_seed(0)
     plain = ImageClassifier(net=cfg, optimizer=optimizer).eval()

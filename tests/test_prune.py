@@ -16,18 +16,18 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.errors import MissingConfigException
+from infoprune.datamodules import DigitsDataModule
+from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.batchnorm import recalibrate_batchnorm
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.report import load_runs, write_report
+from infoprune.pruning.selection import keep_count, select_global
+from infoprune.pruning.storage import load_channel_scores
 from torch.utils.flop_counter import FlopCounterMode
 
-from datamodules import DigitsDataModule
 from infoprune.pipeline import prune
 from infoprune.training import train
-from models.classifier import ImageClassifier
-from pruning.batchnorm import recalibrate_batchnorm
-from pruning.cost import PruningCost
-from pruning.layers import find_prunable_layers
-from pruning.report import load_runs, write_report
-from pruning.selection import keep_count, select_global
-from pruning.storage import load_channel_scores
 from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
 RECORD = "+callbacks.record._target_=tests.conftest.RecordEpochs"

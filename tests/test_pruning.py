@@ -10,18 +10,18 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
+from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
+from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.masks import apply_channel_masks, masked_channels_are_zero
+from infoprune.pruning.metrics import InputL1, RandomScore
+from infoprune.pruning.selection import keep_count, select_global, select_layerwise
+from infoprune.pruning.slim import slim
 
-from callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
 from infoprune.export import export_network
 from infoprune.training import train
-from models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from models.classifier import ImageClassifier, count_flops, count_parameters
-from pruning.cost import PruningCost
-from pruning.layers import find_prunable_layers
-from pruning.masks import apply_channel_masks, masked_channels_are_zero
-from pruning.metrics import InputL1, RandomScore
-from pruning.selection import keep_count, select_global, select_layerwise
-from pruning.slim import slim
 from tests.conftest import FAST, ROOT
 
 NETWORKS = {"lenet5": (lambda: LeNet5(), (1, 28)), "simplenet": (lambda: SimpleNet(width=0.25), (3, 32)),
@@ -177,8 +177,7 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
     layers = find_prunable_layers(module.net, module.example_input_array)
     keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
     import pytorch_lightning as pl
-
-    from datamodules import DigitsDataModule
+    from infoprune.datamodules import DigitsDataModule
     dm = DigitsDataModule()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
@@ -256,7 +255,7 @@ def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tm
 
 
 def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
-    from pruning.batchnorm import recalibrate_batchnorm
+    from infoprune.pruning.batchnorm import recalibrate_batchnorm
     torch.manual_seed(0)
     net = randomized(SimpleNet(width=0.125))
     images = torch.randn(96, 3, 32, 32) * 2 + 1
@@ -270,8 +269,7 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
 
 def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(trained_digits, tmp_path):
     import pytorch_lightning as pl
-
-    from datamodules import DigitsDataModule
+    from infoprune.datamodules import DigitsDataModule
     _, _, last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)
     layers = find_prunable_layers(module.net, module.example_input_array)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pruning.report import aggregate, label, load_runs, markdown_table, write_report
+from infoprune.pruning.report import aggregate, label, load_runs, markdown_table, write_report
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -44,7 +43,7 @@ def test_aggregate_over_directories_matches_numpy(tmp_path):
 def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
     dirs = write_sweeps(tmp_path)
     prefix = tmp_path / "docs" / "table"
-    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, dirs), "--out", str(prefix),
+    result = subprocess.run([sys.executable, "-m", "infoprune.pruning.report", *map(str, dirs), "--out", str(prefix),
                              "--metrics", "l1_out"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "docs" / "table.md").read_text()
@@ -62,7 +61,7 @@ def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
 
 
 def test_report_cli_names_the_metrics_present_instead_of_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pruning.report", *map(str, write_sweeps(tmp_path)), "--metrics",
+    result = subprocess.run([sys.executable, "-m", "infoprune.pruning.report", *map(str, write_sweeps(tmp_path)), "--metrics",
                              "wmi"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "['wmi']" in result.stderr and "['l1_out', 'mi']" in result.stderr
@@ -137,8 +136,9 @@ def test_connection_runs_from_before_the_scope_named_the_threshold_rule_get_it_f
 
 
 def test_tables_say_what_they_count_and_what_right_after_pruning_includes():
+    from infoprune.pruning.summary import PruningSummary
+
     from infoprune.pipeline import pruned_row_label
-    from pruning.summary import PruningSummary
     table = PruningSummary({"fc": 100}, {"fc": 16}, 100, 16, 200, 32, unit="weights").table()
     assert table.title == "Connection pruning" and table.columns[1].header == "weights before"
     assert PruningSummary({"c": 8}, {"c": 4}, 10, 5, 20, 10).table().title == "Channel pruning"
