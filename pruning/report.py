@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -249,9 +251,11 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = (),
-                 metrics: tuple[str, ...] = ()) -> tuple[Path, Path]:
+                 metrics: tuple[str, ...] = (), question: str | None = None, discussion: str | None = None,
+                 command: str | None = None) -> tuple[Path, Path]:
     """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``) over the runs of ``metrics`` (default
-    all); returns their paths."""
+    all); returns their paths. The page leads with ``question`` (default: which sweep it is), says that the table
+    and plot answer it, where it is ``discussion``-ed, and the ``command`` that wrote it."""
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
     runs = load_runs(*sweep_dirs, by=tuple(by))
     present = sorted({r["metric"] for r in runs})
@@ -264,7 +268,11 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     prefix.parent.mkdir(parents=True, exist_ok=True)
     table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
     sources = ", ".join(str(d) for d in sweep_dirs)
-    table.write_text(f"# Pruning sweep: {sources}\n\nTest accuracy in %, mean ± std over seeds.\n\n"
+    lead = f"# {question}\n\nThe table and plot below answer it" if question else f"# Pruning sweep: {sources}\n\n"
+    if question:
+        lead += f" (discussion: {discussion})." if discussion else "."
+        lead += f" Written by `{command}`.\n\n" if command else f" Runs: {sources}.\n\n"
+    table.write_text(lead + "Test accuracy in %, mean ± std over seeds.\n\n"
                      + markdown_table(rows) + f"\n![accuracy vs parameters]({figure.name})\n")
     return table, plot(rows, figure)
 
@@ -275,9 +283,13 @@ def main() -> None:
     parser.add_argument("--out", help="path prefix of the report files (default: <first sweep dir>/report)")
     parser.add_argument("--by", nargs="+", default=[], help="config keys to group by as well (dotted paths)")
     parser.add_argument("--metrics", nargs="+", default=[], help="only these metrics (names as in results.json)")
+    parser.add_argument("--question", help="what the page answers (its title)")
+    parser.add_argument("--discussion", help="where the answer is discussed (a Markdown link)")
     args = parser.parse_args()
+    command = "python -m infoprune.pruning.report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics))
+        table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics),
+                                     question=args.question, discussion=args.discussion, command=command)
     except (ValueError, KeyError, FileNotFoundError) as error:
         parser.error(str(error))
     print(table.read_text())

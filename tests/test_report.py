@@ -146,3 +146,12 @@ def test_tables_say_what_they_count_and_what_right_after_pruning_includes():
         "pruned, per-layer fine-tunes only"
     assert pruned_row_label({"schedule": "iterative", "step_finetune_epochs": 2}) == "pruned, per-step fine-tunes only"
     assert pruned_row_label({"schedule": "iterative", "step_finetune_epochs": 0}) == "pruned, no fine-tune"
+
+
+def test_a_report_page_leads_with_its_question_and_the_command(tmp_path):
+    from infoprune.pruning.report import write_report
+    page, _ = write_report(*write_sweeps(tmp_path), out=tmp_path / "page", question="Which criterion wins?",
+                           discussion="[main](main.md)", command="python -m infoprune.pruning.report x")
+    lines = page.read_text().splitlines()
+    assert lines[0] == "# Which criterion wins?"
+    assert "discussion: [main](main.md)" in lines[2] and "`python -m infoprune.pruning.report x`" in lines[2]
