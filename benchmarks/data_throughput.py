@@ -3,7 +3,7 @@ normalisation) vs the SimpleNet training step, and the share of step time spent 
 
     DATA_DIR=../shared/datasets python -m benchmarks.data_throughput [--width 0.25] [--batches 30]
 
-Target (issue 2): data share under 5%."""
+Target: data share under 5%."""
 from __future__ import annotations
 
 import argparse

@@ -9,7 +9,7 @@ original and the slimmed network in both memory formats, and the speed-up divide
 
     python -m benchmarks.slim_latency [--width 1.0] [--repeats 7] [--tv-size 224]
 
-Targets (issue 4): slimmed / same-width dense within 1.05; speed-up over the original at least 0.85 of the FLOP
+Targets: slimmed / same-width dense within 1.05; speed-up over the original at least 0.85 of the FLOP
 reduction. Last line: JSON with ``slim_vs_dense`` and ``speedup_over_flop_ratio`` (channels-last, kept channels as chosen), and
 the same figures for every setting (``*_round8``, ``*_contiguous``); ``speedup_over_flop_ratio_resnet18`` and
 ``speedup_over_flop_ratio_mobilenet_v2`` (channels-last; ``*_contiguous`` too)."""

@@ -4,7 +4,7 @@ the same N images (same batches, eval mode), for SimpleNet and LeNet-5; and the 
 
     python -m benchmarks.stats_overhead [--images 1280] [--simplenet-width 0.25]
 
-Target (issue 3): every pass at most 1.3x plain inference. Last line: JSON with ``stats_over_inference`` (worst pass)."""
+Target: every pass at most 1.3x plain inference. Last line: JSON with ``stats_over_inference`` (worst pass)."""
 from __future__ import annotations
 
 import argparse
