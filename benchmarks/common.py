@@ -10,8 +10,9 @@ import torch
 from hydra import compose as compose_config
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from infoprune.datamodules import CIFAR10JPEGDataModule, InMemoryImageDataModule
 from omegaconf import DictConfig, open_dict
+
+from infoprune.datamodules import CIFAR10JPEGDataModule, InMemoryImageDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))

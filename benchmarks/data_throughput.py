@@ -11,9 +11,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from infoprune.models import SimpleNet
 
 from benchmarks.common import cifar_datamodule, print_json
+from infoprune.models import SimpleNet
 
 
 def main() -> None:

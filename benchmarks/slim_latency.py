@@ -20,6 +20,8 @@ import statistics
 import time
 
 import torch
+
+from benchmarks.common import print_json
 from infoprune.models import SimpleNet
 from infoprune.models.classifier import count_flops
 from infoprune.models.network import build_network
@@ -28,8 +30,6 @@ from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1, score_group
 from infoprune.pruning.selection import select_global, select_layerwise
 from infoprune.pruning.slim import slim
-
-from benchmarks.common import print_json
 
 
 def latencies(nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:

@@ -11,11 +11,11 @@ import argparse
 import time
 
 import torch
+
+from benchmarks.common import print_json
 from infoprune.models import LeNet5, SimpleNet
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.stats import collect_statistics
-
-from benchmarks.common import print_json
 
 
 class TimedBatches:

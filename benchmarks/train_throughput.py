@@ -29,10 +29,10 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from infoprune.datamodules import InMemoryImageDataModule, MNISTDataModule
 
 from benchmarks.common import SyntheticCIFAR, cifar_datamodule, compose, print_json
 from infoprune.builders import build_model
+from infoprune.datamodules import InMemoryImageDataModule, MNISTDataModule
 from infoprune.training import build_trainer
 
 #: network -> (train.py overrides that configure it, batch size, timed batches by default)

@@ -7,8 +7,9 @@ from typing import Mapping
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from infoprune.pruning.cep import ConnectionCriterion
 from torch.nn.utils import prune as torch_prune
+
+from infoprune.pruning.cep import ConnectionCriterion
 
 
 class ConnectionScoring(pl.Callback):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
 from infoprune.pruning.stats import Batches, LayerStatistics, collect_statistics

@@ -7,13 +7,13 @@ from typing import Mapping
 
 import pytorch_lightning as pl
 import torch
+
+from infoprune.io import atomic_save
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks
 from infoprune.pruning.slim import slim
 from infoprune.pruning.summary import PruningSummary
-
-from infoprune.io import atomic_save
 
 
 class ChannelMasking(pl.Callback):

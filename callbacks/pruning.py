@@ -14,8 +14,12 @@ from typing import Iterator
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
 from infoprune.callbacks.cep import apply_connection_masks, make_permanent
 from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
+from infoprune.io import atomic_save
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
@@ -24,10 +28,6 @@ from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
 from infoprune.pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
 from infoprune.pruning.slim import slim, slim_to_widths
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-
-from infoprune.io import atomic_save
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from infoprune.datamodules.augment import normalize, random_crop, random_hflip
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from infoprune.datamodules.augment import normalize, random_crop, random_hflip
 
 #: Seed of the fixed order of every validation and test set (see ``ImageDataModule.setup``).
 EVALUATION_SEED = 0

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
-from infoprune.datamodules.base import InMemoryImageDataModule
 from sklearn.datasets import load_digits
+
+from infoprune.datamodules.base import InMemoryImageDataModule
 
 #: The test split is carved from the 1,797 images with this fixed seed, so every run tests on the same images.
 DIGITS_TEST_SEED = 20161106

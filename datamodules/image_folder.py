@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from infoprune.datamodules.base import ImageDataModule, InMemoryImageDataModule, missing_data_error
 from PIL import Image
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
+from infoprune.datamodules.base import ImageDataModule, InMemoryImageDataModule, missing_data_error
 from infoprune.io import atomic_save
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -8,8 +8,9 @@ import pickle
 from pathlib import Path
 
 import torch
-from infoprune.datamodules.base import InMemoryImageDataModule, missing_data_error
 from torchvision import datasets
+
+from infoprune.datamodules.base import InMemoryImageDataModule, missing_data_error
 
 
 def _files_present(root: Path, files: list[str]) -> bool:

@@ -11,9 +11,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch.utils.data import DataLoader
+
 from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.pruning.metrics import MutualInformation
-from torch.utils.data import DataLoader
 
 
 class ResNetClassifier(pl.LightningModule):

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+
 from infoprune.models.blocks import scaled_widths
 
 ALEXNET_WIDTHS = (64, 192, 384, 256, 256, 4096, 4096)

@@ -8,12 +8,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from infoprune.models.network import build_network
-from infoprune.pruning.slim import slim_to_widths
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from infoprune.models.network import build_network
+from infoprune.pruning.slim import slim_to_widths
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+
 from infoprune.models.blocks import scaled_widths
 
 LENET5_WIDTHS = (20, 50, 500)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
+
 from infoprune.models.blocks import scaled_widths
 
 STAGE_WIDTHS = (16, 32, 64)

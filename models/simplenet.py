@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+
 from infoprune.models.blocks import conv_bn_relu_stack, scaled_widths
 
 #: Output channels of the 13 convolutions at width 1.0 (5,482,176 conv weights on RGB input).

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
 from infoprune.pruning.report import load_runs
 from infoprune.pruning.storage import load_channel_scores
 

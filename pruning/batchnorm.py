@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+
 from infoprune.pruning.layers import preserved_modes
 
 

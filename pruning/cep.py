@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from infoprune.pruning.distributed import all_reduce
 from infoprune.pruning.layers import preserved_modes
 

@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
+
 from infoprune.models.classifier import count_flops, count_parameters
 from infoprune.pruning.layers import PrunableLayer, preserved_modes
 

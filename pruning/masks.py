@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+
 from infoprune.pruning.layers import PrunableLayer
 
 

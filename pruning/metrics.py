@@ -6,6 +6,7 @@ import zlib
 from typing import Mapping
 
 import torch
+
 from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
 from infoprune.pruning.layers import PrunableLayer
 from infoprune.pruning.stats import LayerStatistics

@@ -7,6 +7,7 @@ import math
 from typing import Iterable, Mapping
 
 import torch
+
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer
 

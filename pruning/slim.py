@@ -8,6 +8,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
 from infoprune.pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers
 from infoprune.pruning.masks import removed_channels
 

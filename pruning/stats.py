@@ -16,9 +16,10 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
+
 from infoprune.pruning.distributed import all_reduce, rank_and_world_size
 from infoprune.pruning.layers import PrunableLayer, preserved_modes
-from tqdm import tqdm
 
 BINNINGS = ("width", "frequency")
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]

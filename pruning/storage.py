@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import torch
-from infoprune.pruning.stats import LayerStatistics
 
 from infoprune.io import atomic_save
+from infoprune.pruning.stats import LayerStatistics
 
 FORMAT = "infoprune.channel-scores/1"
 

@@ -51,6 +51,7 @@ def digits_test_accuracy(checkpoint: Path) -> float:
     logits over the whole test split in one batch; no Trainer, no torchmetrics): an independent reference for the
     accuracies the pipeline reports."""
     import torch
+
     from infoprune.datamodules import DigitsDataModule
     from infoprune.models.classifier import ImageClassifier
 

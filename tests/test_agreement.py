@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+
 from infoprune.pruning.agreement import agreement_table, jaccard, kept_channels, parse_reference
 from infoprune.pruning.report import load_runs
 from infoprune.pruning.storage import save_channel_scores

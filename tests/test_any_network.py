@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torchvision
+
 from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models import CifarResNet
@@ -24,7 +25,6 @@ from infoprune.pruning.metrics import MutualInformation, RandomScore, score_grou
 from infoprune.pruning.selection import select_global, select_layerwise
 from infoprune.pruning.slim import slim
 from infoprune.pruning.stats import collect_statistics
-
 from infoprune.validation import ConfigError, validate_pruning
 from tests.test_channel_scores import _free_port
 from tests.test_pruning import randomized

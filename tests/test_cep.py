@@ -7,9 +7,12 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn as nn
+
 from infoprune.callbacks.cep import apply_connection_masks, make_permanent
 from infoprune.datamodules import DigitsDataModule
+from infoprune.hcep_quota import parse_arguments, quota_rows
 from infoprune.models import LeNet5
+from infoprune.pipeline import prune
 from infoprune.pruning.cep import (
     ConnectionCriterion,
     connection_errors,
@@ -21,9 +24,6 @@ from infoprune.pruning.cep import (
     quota_effect,
 )
 from infoprune.pruning.sparse import load_sparse, save_sparse
-
-from infoprune.hcep_quota import parse_arguments, quota_rows
-from infoprune.pipeline import prune
 from tests import data_writers
 from tests.conftest import FAST, compose_config
 

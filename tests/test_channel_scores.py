@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 from hydra.utils import instantiate
+
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from infoprune.pruning.layers import find_prunable_layers
@@ -26,7 +27,6 @@ from infoprune.pruning.metrics import (
 )
 from infoprune.pruning.stats import collect_statistics
 from infoprune.pruning.storage import load_channel_scores, save_channel_scores
-
 from tests.conftest import CONF
 
 

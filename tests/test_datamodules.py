@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from sklearn.datasets import load_digits
+
 from infoprune.datamodules import (
     CIFAR10DataModule,
     CIFAR10JPEGDataModule,
@@ -23,8 +25,6 @@ from infoprune.datamodules import (
 )
 from infoprune.datamodules.augment import normalize, random_crop, random_hflip
 from infoprune.datamodules.base import evaluation_permutation
-from sklearn.datasets import load_digits
-
 from tests import data_writers
 
 DATAMODULES = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "cifar10_jpeg", "imagenet"]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+
+from infoprune.config import instantiate_group
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models import SimpleNet
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import WeightedMutualInformation
 from infoprune.pruning.stats import LayerStatistics, collect_statistics
-
-from infoprune.config import instantiate_group
 from tests.conftest import compose_config, mi_by_hand
 
 

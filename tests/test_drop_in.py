@@ -13,12 +13,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
 from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_slimmed, schedule_steps
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
 from infoprune.pruning.selection import keep_count
-from torch.utils.data import DataLoader, TensorDataset
-
 from tests.conftest import ROOT
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+
 from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1
 from infoprune.pruning.selection import select_layerwise
-
 from infoprune.training import train
 from tests.conftest import FAST, ROOT, compose_config
 
@@ -60,8 +60,8 @@ def test_baked_export_takes_raw_pixels_and_equals_the_checkpoint(slimmed_checkpo
     out = tmp_path / f"net.{fmt}"
     assert "baked in" in export(slimmed_checkpoint, out, "--format", fmt)
     if fmt == "onnx":
-        session = onnxruntime.InferenceSession(str(out))
-        got = torch.from_numpy(session.run(None, {"pixels": pixels.numpy().astype(np.float32)})[0])
+        runtime = onnxruntime.InferenceSession(str(out))
+        got = torch.from_numpy(runtime.run(None, {"pixels": pixels.numpy().astype(np.float32)})[0])
     else:
         got = torch.jit.load(str(out))(pixels.float())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -76,8 +76,8 @@ def test_unbaked_export_writes_the_preprocessing_beside(slimmed_checkpoint, tmp_
     mean, std = (torch.tensor(preprocessing[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
     by_hand = (pixels.float() * preprocessing["scale"] - mean) / std
     torch.testing.assert_close(by_hand, normalised)
-    session = onnxruntime.InferenceSession(str(out))
-    got = torch.from_numpy(session.run(None, {"images": by_hand.numpy()})[0])
+    runtime = onnxruntime.InferenceSession(str(out))
+    got = torch.from_numpy(runtime.run(None, {"images": by_hand.numpy()})[0])
     module = ImageClassifier.load_from_checkpoint(slimmed_checkpoint, weights_only=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(got, module(normalised), atol=1e-4, rtol=1e-4)

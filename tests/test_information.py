@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
 from sklearn.metrics import mutual_info_score
 
+from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
 from tests.conftest import mi_by_hand
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 from hydra.utils import instantiate
+
 from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 

@@ -16,17 +16,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.errors import MissingConfigException
+from torch.utils.flop_counter import FlopCounterMode
+
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models.classifier import ImageClassifier
+from infoprune.pipeline import prune
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.report import load_runs, write_report
 from infoprune.pruning.selection import keep_count, select_global
 from infoprune.pruning.storage import load_channel_scores
-from torch.utils.flop_counter import FlopCounterMode
-
-from infoprune.pipeline import prune
 from infoprune.training import train
 from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 

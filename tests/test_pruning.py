@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+
 from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
+from infoprune.export import export_network
 from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.cost import PruningCost
@@ -19,8 +21,6 @@ from infoprune.pruning.masks import apply_channel_masks, masked_channels_are_zer
 from infoprune.pruning.metrics import InputL1, RandomScore
 from infoprune.pruning.selection import keep_count, select_global, select_layerwise
 from infoprune.pruning.slim import slim
-
-from infoprune.export import export_network
 from infoprune.training import train
 from tests.conftest import FAST, ROOT
 
@@ -177,6 +177,7 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
     layers = find_prunable_layers(module.net, module.example_input_array)
     keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
     import pytorch_lightning as pl
+
     from infoprune.datamodules import DigitsDataModule
     dm = DigitsDataModule()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -269,6 +270,7 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
 
 def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(trained_digits, tmp_path):
     import pytorch_lightning as pl
+
     from infoprune.datamodules import DigitsDataModule
     _, _, last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)

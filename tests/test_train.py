@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from infoprune.datamodules import DataNotFoundError
 
+from infoprune.datamodules import DataNotFoundError
 from infoprune.training import metric_value, train
 from tests import data_writers
 from tests.conftest import FAST, ROOT, RecordEpochs, digits_test_accuracy
