@@ -78,7 +78,8 @@ class ChannelScoring(pl.Callback):
         net, settings, datamodule = pl_module.net, self.settings, trainer.datamodule
         layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
         batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
-                                                 pl_module.device, trainer.global_rank, trainer.world_size)
+                                                 pl_module.device, trainer.global_rank, trainer.world_size
+                                                 ) if self.metric.needs_statistics else None
         self.scores, self.statistics = score_channels(net, layers, self.metric, batches, datamodule.num_classes,
                                                       settings, self.group_reduction,
                                                       progress=trainer.progress_bar_callback is not None)

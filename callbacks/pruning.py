@@ -77,14 +77,16 @@ class ScheduledPruning(pl.Callback):
             return pl_module
         net = getattr(pl_module, self.network, None)
         if not isinstance(net, nn.Module):
-            raise AttributeError(f"ChannelPruning(network={self.network!r}): {type(pl_module).__name__} has no "
+            raise AttributeError(f"{type(self).__name__}(network={self.network!r}): {type(pl_module).__name__} has no "
                                  f"submodule of that name; its children are {[n for n, _ in pl_module.named_children()]}")
         return net
 
     def example(self, pl_module: pl.LightningModule) -> torch.Tensor:
         if self._example is None:
             given = getattr(pl_module, "example_input_array", None)
-            self._example = given if isinstance(given, torch.Tensor) else next(self._first_images(pl_module))[:1]
+            if not isinstance(given, torch.Tensor):
+                given = next(iter(self._calibration(pl_module.trainer, pl_module)()))[0][:1]
+            self._example = given
         return self._example.to(pl_module.device)
 
     # -- calibration images ---------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class ScheduledPruning(pl.Callback):
                                                   trainer.global_rank, trainer.world_size)
         loader = self.calibration_dataloader or trainer.train_dataloader
         if loader is None:
-            raise ValueError("ChannelPruning found no calibration images: give calibration_dataloader")
+            raise ValueError(f"{type(self).__name__} found no calibration images: give calibration_dataloader")
         dataset = loader.dataset
         count = min(s.num_images, len(dataset))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(s.seed))[:count]
@@ -110,11 +112,6 @@ class ScheduledPruning(pl.Callback):
                 yield images, labels
 
         return batches
-
-    def _first_images(self, pl_module: pl.LightningModule) -> Iterator[torch.Tensor]:
-        trainer = pl_module.trainer
-        for images, _ in self._calibration(trainer, pl_module)():
-            yield images
 
     # -- the schedule ---------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -230,17 +227,19 @@ class ChannelPruning(ScheduledPruning):
         batches = self._calibration(trainer, pl_module) if self.metric.needs_statistics else None
         self.scores, _ = score_channels(net, layers, self.metric, batches, self._num_classes(pl_module, trainer),
                                         self.settings, self.group_reduction)
-        self.keep = self.select(net, layers, self.scores, amount, self.example(pl_module))
+        removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
+        self.keep = self.select(net, layers, self.scores, amount, self.example(pl_module), removed=removed)
         apply_channel_masks(layers, self.keep)
         log.info("ChannelPruning: epoch %d, %.1f%% pruned (%s)", trainer.current_epoch, 100 * amount,
                  {name: len(k) for name, k in self.keep.items()})
 
     def select(self, net: nn.Module, layers: list[PrunableLayer], scores: dict[str, torch.Tensor], amount: float,
-               example: torch.Tensor, only: list[str] | None = None) -> dict[str, torch.Tensor]:
+               example: torch.Tensor, only: list[str] | None = None,
+               removed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Channels kept when ``amount`` of ``net`` as it is now is removed (``layerwise``: of every group, only the
-        groups in ``only`` when given; ``global``: of the network's resource); channels masked by earlier steps go
-        first."""
-        removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
+        groups in ``only`` when given; ``global``: of the network's resource); channels in ``removed`` (masked by
+        earlier steps) go first."""
+        removed = removed or {}
         exclude = list(self.exclude) + [layer.name for layer in layers if only is not None and layer.name not in only]
         if self.scope == "layerwise":
             scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
@@ -259,13 +258,15 @@ class ChannelPruning(ScheduledPruning):
             return int(self.net(pl_module).eval()(self.example(pl_module)).shape[-1])
 
     # -- slimming -------------------------------------------------------------------------------------------------
-    def slim_now(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> None:
-        """Remove the channels not in ``self.keep`` for real; while fitting, carry the optimizer (and its per-entry
-        state) over to the new parameters and wrap the module in a fresh DDP wrapper (``trainer`` None: outside a
-        fit)."""
-        if self.keep is None:
+    def slim_now(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule,
+                 keep: dict[str, torch.Tensor] | None = None) -> None:
+        """Remove the channels not in ``keep`` (default: the masks of the last step) for real; while fitting, carry
+        the optimizer (and its per-entry state) over to the new parameters and wrap the module in a fresh DDP
+        wrapper (``trainer`` None: outside a fit)."""
+        keep = self.keep if keep is None else keep
+        if keep is None:
             raise RuntimeError("ChannelPruning: nothing to slim before the first pruning step")
-        net, example, keep = self.net(pl_module), self.example(pl_module), self.keep
+        net, example = self.net(pl_module), self.example(pl_module)
         optimizers = trainer.optimizers if trainer is not None else []
         before = dict(net.named_parameters())
         if optimizers:

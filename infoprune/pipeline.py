@@ -208,7 +208,6 @@ class PruningRun:
         example = model.example_input_array.to(model.device)
         layers = find_prunable_layers(model.net, example)
         pruning = self.channel_pruning
-        pruning.keep = None  # earlier steps were slimmed, not masked
         amount = step.amount
         if pruning.scope == "global":
             current = count_parameters(model.net) if pruning.resource == "params" else count_flops(model.net, example)
@@ -278,8 +277,7 @@ class PruningRun:
         for i, step in enumerate(plan):
             scores = self.scores(model, f"step_{i}")
             with self.timed(f"step_{i}/selection_slimming"):
-                self.channel_pruning.keep = self.select(model, scores, step, dense)
-                self.channel_pruning.slim_now(None, model)
+                self.channel_pruning.slim_now(None, model, self.select(model, scores, step, dense))
             if step.finetune_epochs:
                 self.finetune_settings(model, step.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", step.finetune_epochs)

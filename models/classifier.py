@@ -155,7 +155,7 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
-        if batch_idx % self.trainer.log_every_n_steps == 0:
+        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 

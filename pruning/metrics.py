@@ -9,6 +9,7 @@ import torch
 
 from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
 from infoprune.pruning.layers import PrunableLayer
+from infoprune.pruning.selection import normalize_scores
 from infoprune.pruning.stats import LayerStatistics
 
 
@@ -132,12 +133,8 @@ def score_group(metric: ChannelScorer, layer: PrunableLayer, stats: Mapping[str,
         raise ValueError(f"unknown group reduction {reduction!r}; choose one of {GROUP_REDUCTIONS}")
     if len(layer.members) == 1:
         return metric(layer, stats[layer.name] if stats else None)
-    per_member = []
-    for member in layer.members:
-        scores = metric(layer.member_view(member), stats[member.name] if stats else None)
-        peak = scores.abs().max()
-        per_member.append(scores / peak if peak > 0 else scores)
-    stacked = torch.stack(per_member)
+    stacked = torch.stack([normalize_scores(metric(layer.member_view(m), stats[m.name] if stats else None), "max")
+                           for m in layer.members])
     return {"mean": stacked.mean(0), "sum": stacked.sum(0), "max": stacked.amax(0)}[reduction]
 
 
