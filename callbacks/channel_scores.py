@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from infoprune.pruning.feature_stats import ChannelAverages, collect_channel_averages
+from infoprune.pruning.gradients import calibration_gradients
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer, score_group
 from infoprune.pruning.stats import Batches, LayerStatistics, collect_statistics
 from infoprune.pruning.storage import save_channel_scores
 
 log = logging.getLogger(__name__)
+Statistics = LayerStatistics | ChannelAverages
 
 
 @dataclass
@@ -31,17 +35,22 @@ class StatisticsSettings:
 
 def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: ChannelScorer, batches: Batches | None,
                    num_classes: int, settings: StatisticsSettings, group_reduction: str = "mean",
-                   progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None]:
+                   progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Statistics] | None]:
     """Scores of every channel group in ``layers`` by ``metric`` (members reduced by ``group_reduction``, see
-    ``pruning.metrics.score_group``); data-driven metrics first collect statistics on ``batches`` (this process's
-    share of the calibration images; the statistics are reduced across processes). What every scoring callback
-    runs."""
+    ``pruning.metrics.score_group``); data-driven metrics first gather what they read on ``batches`` (this
+    process's share of the calibration images; everything is reduced across processes): histograms, per-channel
+    feature-map averages or the loss gradient. What every scoring callback runs."""
     stats = None
     with torch.inference_mode(False), torch.no_grad():
         if metric.needs_statistics:
             stats = collect_statistics(net, layers, batches, num_classes, bins=settings.bins, binning=settings.binning,
                                        tap=settings.tap, fine_bins=settings.fine_bins, progress=progress)
-        return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
+        elif metric.feature_statistic is not None:
+            stats = collect_channel_averages(net, layers, batches, metric.feature_statistic, tap=settings.tap,
+                                             progress=progress, desc=f"statistics: {metric.name}")
+        gradients = calibration_gradients(net, batches, progress) if metric.needs_gradients else nullcontext()
+        with gradients:
+            return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
 
 
 class ChannelScoring(pl.Callback):
@@ -63,7 +72,7 @@ class ChannelScoring(pl.Callback):
         self.settings = StatisticsSettings(**(stats or {}))
         self.save_dir = Path(save_dir) if save_dir else None
         self.scores: dict[str, torch.Tensor] | None = None
-        self.statistics: dict[str, LayerStatistics] | None = None
+        self.statistics: dict[str, Statistics] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.stage == "fit":
@@ -79,7 +88,7 @@ class ChannelScoring(pl.Callback):
         layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
         batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
                                                  pl_module.device, trainer.global_rank, trainer.world_size
-                                                 ) if self.metric.needs_statistics else None
+                                                 ) if self.metric.needs_data else None
         self.scores, self.statistics = score_channels(net, layers, self.metric, batches, datamodule.num_classes,
                                                       settings, self.group_reduction,
                                                       progress=trainer.progress_bar_callback is not None)

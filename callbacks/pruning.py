@@ -224,7 +224,7 @@ class ChannelPruning(ScheduledPruning):
         steps stay removed) and mask."""
         net = self.net(pl_module)
         self._layers = layers = self.layers(pl_module)
-        batches = self._calibration(trainer, pl_module) if self.metric.needs_statistics else None
+        batches = self._calibration(trainer, pl_module) if self.metric.needs_data else None
         self.scores, _ = score_channels(net, layers, self.metric, batches, self._num_classes(pl_module, trainer),
                                         self.settings, self.group_reduction)
         removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}

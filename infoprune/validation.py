@@ -259,7 +259,7 @@ def validate_pruning(cfg: DictConfig) -> CheckedRun:
     else:
         check_channel_scope(cfg, model, target)
         check_choice(cfg, "pruning.group_reduction", GROUP_REDUCTIONS)
-        if metric.needs_statistics:
+        if metric.needs_data:
             check_stats(cfg, datamodule)
         if setting(cfg, "pruning.recalibrate_bn_images", 0):
             check_int(cfg, "pruning.stats.batch_size", 1)

@@ -60,6 +60,9 @@ class PrunableLayer:
     #: other modules whose outputs carry the group's channels and that mask them themselves
     #: (``mask_out_channels(removed)``, e.g. ResNet's zero-padding shortcut)
     self_masking: list[nn.Module] = field(default_factory=list)
+    #: Torch-Pruning's group of the first member's output channels as the network was when the layer was found
+    #: (what criteria wrapping Torch-Pruning's importance classes score); None for views of one member
+    dependency_group: tp.Group | None = field(default=None, repr=False, compare=False)
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -188,5 +191,5 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         ]
         self_masking = [item.dep.target.module for item in group if item.dep.handler.__name__ == "prune_out_channels"
                         and hasattr(item.dep.target.module, "mask_out_channels")]
-        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking))
+        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking, dependency_group=group))
     return layers

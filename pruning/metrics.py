@@ -1,5 +1,7 @@
 """Channel importance criteria: one class each, one float64 score per output channel of a layer (higher means
-more important). Data-driven scorers read the layer's ``LayerStatistics``; weight-only scorers ignore them."""
+more important). Information criteria read the layer's histograms (``LayerStatistics``), feature-map criteria
+(``pruning.activation_metrics``) per-channel averages (``ChannelAverages``), gradient criteria
+(``pruning.torch_pruning_metrics``) the parameters' ``.grad``; weight-only criteria read the weights alone."""
 from __future__ import annotations
 
 import zlib
@@ -14,14 +16,25 @@ from infoprune.pruning.stats import LayerStatistics
 
 
 class ChannelScorer:
-    """Base of every criterion: ``scorer(layer, stats) -> Tensor[C]``. ``needs_statistics`` says whether the
-    feature-map statistics must be collected first."""
+    """Base of every criterion: ``scorer(layer, stats) -> Tensor[C]``. What must be gathered on calibration
+    images first: ``needs_statistics`` (the pooled-activation histograms), ``feature_statistic`` (a function of
+    each image's feature map, averaged per channel: ``pruning.feature_stats``) or ``needs_gradients`` (the loss
+    gradient, in every parameter's ``.grad``: ``pruning.gradients``). ``scores_whole_group``: the criterion scores
+    a channel group at once (through its Torch-Pruning group) rather than member by member."""
 
     name = "base"
     needs_statistics = False
+    feature_statistic = None
+    needs_gradients = False
+    scores_whole_group = False
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether calibration images are needed at all."""
+        return self.needs_statistics or self.needs_gradients or self.feature_statistic is not None
 
     def __call__(self, layer: PrunableLayer, stats: LayerStatistics | None = None) -> torch.Tensor:
-        if self.needs_statistics and stats is None:
+        if (self.needs_statistics or self.feature_statistic is not None) and stats is None:
             raise ValueError(f"metric {self.name!r} needs feature-map statistics for layer {layer.name!r}")
         scores = self.score(layer, stats).double().cpu()
         if scores.shape != (layer.num_channels,) or not torch.isfinite(scores).all():
@@ -125,13 +138,13 @@ def score_group(metric: ChannelScorer, layer: PrunableLayer, stats: Mapping[str,
                 reduction: str = "mean") -> torch.Tensor:
     """Score of every channel of a channel group (``stats``: statistics by member name, or None).
 
-    A group of one scores as its convolution. A group of several members ``m`` (a residual stage, an expansion and
-    its depthwise convolution) reduces their layer-normalised scores ``s_m[c] / max_c |s_m[c]|`` by ``mean``
-    (default), ``sum`` or ``max`` over the members.
+    A group of one, and any group for a criterion that scores whole groups, scores at once. A group of several
+    members ``m`` (a residual stage, an expansion and its depthwise convolution) reduces their layer-normalised
+    scores ``s_m[c] / max_c |s_m[c]|`` by ``mean`` (default), ``sum`` or ``max`` over the members.
     """
     if reduction not in GROUP_REDUCTIONS:
         raise ValueError(f"unknown group reduction {reduction!r}; choose one of {GROUP_REDUCTIONS}")
-    if len(layer.members) == 1:
+    if len(layer.members) == 1 or metric.scores_whole_group:
         return metric(layer, stats[layer.name] if stats else None)
     stacked = torch.stack([normalize_scores(metric(layer.member_view(m), stats[m.name] if stats else None), "max")
                            for m in layer.members])

@@ -45,6 +45,10 @@ class LayerStatistics:
         n = self.counts.sum(-1).double()
         return torch.where(n > 0, self.abs_sum / n.clamp_min(1), 0.0)
 
+    def described(self) -> dict:
+        """The statistics as plain tensors (the channel-scores file's per-layer entries)."""
+        return {"tap": self.tap, "edges": self.edges, "counts": self.counts, "abs_sum": self.abs_sum}
+
 
 def equal_width_edges(lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """``lo + (hi - lo) * j / bins`` for ``j = 0..bins``, per channel (C x bins+1)."""
@@ -79,22 +83,30 @@ def uniform_bin_index(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, 
     return ((values.double() - lo.double()) * scale).floor_().long().clamp_(0, bins - 1)
 
 
-class _PooledFeatureTap:
-    """Forward hooks that hand each group member's pooled feature map (N x C) and the batch labels to a pass
-    function."""
+def spatial_mean(feature_maps: torch.Tensor) -> torch.Tensor:
+    """``a[n, c] = mean_{h,w} F[n, c, h, w]`` (N x C x H x W -> N x C, float32)."""
+    return feature_maps.float().mean(dim=(2, 3))
 
-    def __init__(self, layers: list[PrunableLayer], tap: str) -> None:
+
+class FeatureTap:
+    """Forward hooks that hand ``summarize`` of each group member's feature map (N x C x H x W -> N x C; default
+    the spatial mean) and the batch labels to a pass function; NaN or Inf in a summary is an error naming the
+    member."""
+
+    def __init__(self, layers: list[PrunableLayer], tap: str,
+                 summarize: Callable[[torch.Tensor], torch.Tensor] = spatial_mean) -> None:
         self.taps = {member.name: member.tap(tap) for layer in layers for member in layer.members}
+        self.summarize = summarize
         self.labels: torch.Tensor | None = None
         self.visit: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
         self.handles = [module.register_forward_hook(self._hook(name)) for name, (_, module) in self.taps.items()]
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            pooled = output.float().mean(dim=(2, 3))
-            if not torch.isfinite(pooled).all():
+            summary = self.summarize(output)
+            if not torch.isfinite(summary).all():
                 raise FloatingPointError(f"NaN or Inf in the feature maps of layer {name!r}")
-            self.visit(name, pooled, self.labels)
+            self.visit(name, summary, self.labels)
 
         return hook
 
@@ -104,7 +116,7 @@ class _PooledFeatureTap:
 
 
 @contextmanager
-def _removing(hooks: _PooledFeatureTap):
+def removing(hooks: FeatureTap):
     try:
         yield hooks
     finally:
@@ -137,7 +149,7 @@ def collect_statistics(
     if bins < 2:
         raise ValueError(f"bins must be at least 2, got {bins}")
     device = next(model.parameters()).device
-    hooks = _PooledFeatureTap(layers, tap)
+    hooks = FeatureTap(layers, tap)
     sizes = {member.name: layer.num_channels for layer in layers for member in layer.members}
     show = progress and rank_and_world_size()[0] == 0
 
@@ -147,7 +159,7 @@ def collect_statistics(
             hooks.labels = labels
             model(images)
 
-    with preserved_modes(model), _removing(hooks):
+    with preserved_modes(model), removing(hooks):
         model.eval()
         lo = {n: torch.full((c,), float("inf"), device=device) for n, c in sizes.items()}
         hi = {n: torch.full((c,), float("-inf"), device=device) for n, c in sizes.items()}

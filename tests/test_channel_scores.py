@@ -23,7 +23,6 @@ from infoprune.pruning.metrics import (
     RandomScore,
     WeightedMutualInformation,
     output_l1,
-    score_group,
 )
 from infoprune.pruning.stats import collect_statistics
 from infoprune.pruning.storage import load_channel_scores, save_channel_scores
@@ -141,26 +140,35 @@ def test_input_l1_is_the_filter_norm():
 NETWORKS = {"lenet5": (lambda: LeNet5(), (1, 28)), "simplenet": (lambda: SimpleNet(width=0.25), (3, 32)),
             "alexnet": (lambda: AlexNet(num_classes=10, width=0.25), (3, 224)),
             "vgg16_bn": (lambda: VGG16BN(width=0.25), (3, 32)), "resnet56": (lambda: CifarResNet(), (3, 32))}
-ALL_METRICS = ["mi", "wmi", "wmi_l1", "wmi_act", "entropy", "l1_in", "l1_out", "random"]
+ALL_METRICS = ["mi", "wmi", "wmi_l1", "wmi_act", "entropy", "l1_in", "l1_out", "random", "taylor", "bn_scale", "fpgm",
+               "hrank", "chip", "apoz"]
+WITHOUT_BATCHNORM = {"lenet5", "alexnet"}
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 def test_every_metric_config_on_every_network_gives_one_finite_score_per_channel(network):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
     build, (channels, size) = NETWORKS[network]
     torch.manual_seed(0)
     net = build()
     images, labels = torch.randn(24, channels, size, size), torch.randint(0, 10, (24,))
     layers = find_prunable_layers(net, images[:1])
-    stats = collect_statistics(net, layers, batches_of(images, labels, 12), 10, bins=8, progress=False)
+    settings = StatisticsSettings(bins=8, num_images=24, batch_size=12)
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
         for name in ALL_METRICS:
             scorer = instantiate(compose("train", overrides=[f"pruning/metric={name}"]).pruning.metric)
+            if name == "bn_scale" and network in WITHOUT_BATCHNORM:
+                with pytest.raises(ValueError, match="needs a BatchNorm"):
+                    score_channels(net, layers, scorer, batches_of(images, labels, 12), 10, settings)
+                continue
+            scores, _ = score_channels(net, layers, scorer, batches_of(images, labels, 12), 10, settings)
             for layer in layers:
-                scores = score_group(scorer, layer, stats)
-                assert scores.shape == (layer.num_channels,) and torch.isfinite(scores).all(), (name, layer.name)
+                values = scores[layer.name]
+                assert values.shape == (layer.num_channels,) and torch.isfinite(values).all(), (name, layer.name)
     assert len(layers) == {"lenet5": 2, "simplenet": 13, "alexnet": 5, "vgg16_bn": 13,
                            "resnet56": 27 + 3}[network]  # inner widths + the three stage widths
 
