@@ -298,7 +298,8 @@ class ConnectionPruning(ScheduledPruning):
     At the end of fit the masks are folded into the weights and ``save_path`` gets the network's state dict.
 
     Args:
-        criterion: a ``pruning.cep.ConnectionCriterion`` (``cep``, ``magnitude``; ``hcep_fraction`` > 0: HCEP).
+        criterion: a ``pruning.cep.ConnectionCriterion`` (``cep``, ``magnitude``, ``lamp``, ``snip``;
+            ``hcep_fraction`` > 0: HCEP).
         amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader: as for
             ``ChannelPruning``.
         exclude_layers: conv/linear layers (by name in the network) left dense.

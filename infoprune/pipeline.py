@@ -310,7 +310,7 @@ class PruningRun:
         return scoring.errors
 
     def run_connections(self) -> dict[str, Any]:
-        """Connection pruning (CEP, HCEP, magnitude): per step, errors -> masks to the step's density -> retrain;
+        """Connection pruning (CEP, HCEP, magnitude, LAMP, SNIP): per step, errors -> masks to the step's density -> retrain;
         then the final retraining with masks, masks made permanent, the sparse file written and measured."""
         model = self.baseline()
         state: dict[str, Any] = {"baseline": self.test(model, "baseline_test")}

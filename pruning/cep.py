@@ -15,7 +15,8 @@ docs/cep.md:
   compares raw errors (estimated loss increases) across all layers, so layers get different densities.
 * HCEP also keeps, in every group, the ``hcep_fraction`` of connections with the highest error, whatever
   ``alpha``.
-* Magnitude pruning (Han et al. 2015) is the same selection with ``e(w) = |w|``.
+* Magnitude pruning (Han et al. 2015) is the same selection with ``e(w) = |w|``; LAMP (Lee et al. 2021) with its
+  layer-adaptive score and SNIP (Lee et al. 2019) with ``|w * mean(g)|``, both compared globally.
 """
 from __future__ import annotations
 
@@ -47,16 +48,13 @@ def current_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def connection_errors(model: nn.Module, layers: dict[str, nn.Module], batches: Batches, order: int = 1,
-                      ) -> dict[str, torch.Tensor]:
-    """Cross-entropy error of every connection of ``layers`` over ``batches()`` (summed over processes).
-
-    Per batch ``b`` with gradient ``g_b`` of the loss: order 1 accumulates ``|w * g_b|``; order 2 accumulates
-    ``g_b`` and ``g_b^2`` for ``|-w * mean(g) + 0.5 * w^2 * mean(g^2)|``."""
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order}")
+def _gradient_sums(model: nn.Module, layers: dict[str, nn.Module], batches: Batches, terms: int,
+                   per_batch: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]],
+                   ) -> dict[str, torch.Tensor]:
+    """``mean_b per_batch(w, g_b)`` (``terms`` tensors stacked) per layer over the batches of ``batches()``, where
+    ``g_b`` is the gradient of the batch's mean cross-entropy (masked connections: 0), summed over processes."""
     params = {n: (m.weight_orig if hasattr(m, "weight_orig") else m.weight) for n, m in layers.items()}
-    sums = {n: torch.zeros((order,) + tuple(p.shape), dtype=torch.float64, device=p.device)
+    sums = {n: torch.zeros((terms,) + tuple(p.shape), dtype=torch.float64, device=p.device)
             for n, p in params.items()}
     batches_seen = torch.zeros(1, dtype=torch.float64, device=next(model.parameters()).device)
     with preserved_modes(model):
@@ -70,24 +68,53 @@ def connection_errors(model: nn.Module, layers: dict[str, nn.Module], batches: B
                     g = params[n].grad.double()
                     if hasattr(module, "weight_mask"):
                         g = g * module.weight_mask
-                    if order == 1:
-                        sums[n][0] += (current_weight(module).double() * g).abs()
-                    else:
-                        sums[n][0] += g
-                        sums[n][1] += g * g
+                    for i, term in enumerate(per_batch(current_weight(module).double(), g)):
+                        sums[n][i] += term
                 batches_seen += 1
         finally:
             model.zero_grad(set_to_none=True)
     count = all_reduce(batches_seen, "sum").clamp_min(1)
+    return {n: all_reduce(s, "sum") / count for n, s in sums.items()}
+
+
+def connection_errors(model: nn.Module, layers: dict[str, nn.Module], batches: Batches, order: int = 1,
+                      ) -> dict[str, torch.Tensor]:
+    """Cross-entropy error of every connection of ``layers`` over ``batches()`` (summed over processes).
+
+    Per batch ``b`` with gradient ``g_b`` of the loss: order 1 is ``mean_b |w * g_b|``; order 2 is
+    ``|-w * mean_b(g_b) + 0.5 * w^2 * mean_b(g_b^2)|``."""
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    if order == 1:
+        return {n: s[0] for n, s in _gradient_sums(model, layers, batches, 1, lambda w, g: [(w * g).abs()]).items()}
+    moments = _gradient_sums(model, layers, batches, 2, lambda w, g: [g, g * g])
     errors = {}
     for n, module in layers.items():
-        means = all_reduce(sums[n], "sum") / count
-        if order == 1:
-            errors[n] = means[0]
-        else:
-            w = current_weight(module).double()
-            errors[n] = (-w * means[0] + 0.5 * w * w * means[1]).abs()
+        w = current_weight(module).double()
+        errors[n] = (-w * moments[n][0] + 0.5 * w * w * moments[n][1]).abs()
     return errors
+
+
+def snip_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches: Batches) -> dict[str, torch.Tensor]:
+    """SNIP's connection sensitivity (Lee et al. 2019) ``|w * mean_b(g_b)|``: the first-order change of the loss
+    when the connection goes, from the gradient averaged over the calibration batches (SNIP: one batch). CEP's
+    first-order error ``mean_b |w * g_b|`` is never smaller (triangle inequality) and equals it on one batch;
+    SNIP then compares it across all layers (``threshold: global``), CEP within each output neuron."""
+    return {n: (current_weight(layers[n]).double() * s[0]).abs()
+            for n, s in _gradient_sums(model, layers, batches, 1, lambda w, g: [g]).items()}
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score (Lee et al. 2021) of every weight of a layer: with the layer's weights sorted so that
+    ``w_1^2 <= w_2^2 <= ...``, ``score(u) = w_u^2 / sum_{v >= u} w_v^2`` (ties in sorted order; 0 for a zero
+    weight). The largest weight of every layer scores 1, so one global threshold never empties a layer."""
+    squares = weight.detach().double().pow(2).flatten()
+    order = torch.sort(squares, stable=True).indices
+    ascending = squares[order]
+    tail = ascending.flip(0).cumsum(0).flip(0)
+    scores = torch.zeros_like(squares)
+    scores[order] = torch.where(tail > 0, ascending / torch.where(tail > 0, tail, 1.0), 0.0)
+    return scores.view(weight.shape)
 
 
 def magnitude_errors(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -196,10 +223,11 @@ def density_schedule(target_density: float, steps: int) -> list[float]:
 
 
 class ConnectionCriterion:
-    """A connection-pruning criterion as configured: ``cep`` (cross-entropy error of ``order`` 1 or 2) or
-    ``magnitude``; ``hcep_fraction`` > 0 makes CEP into HCEP; ``threshold`` is the rule of ``connection_masks``."""
+    """A connection-pruning criterion as configured: ``cep`` (cross-entropy error of ``order`` 1 or 2),
+    ``magnitude``, ``lamp`` or ``snip``; ``hcep_fraction`` > 0 makes CEP into HCEP; ``threshold`` is the rule of
+    ``connection_masks`` (LAMP and SNIP are defined with ``global``)."""
 
-    CRITERIA = ("cep", "magnitude")
+    CRITERIA = ("cep", "magnitude", "lamp", "snip")
 
     def __init__(self, criterion: str = "cep", order: int = 1, hcep_fraction: float = 0.0,
                  threshold: str = "group") -> None:
@@ -212,13 +240,17 @@ class ConnectionCriterion:
         check_threshold(threshold)
         self.criterion, self.order, self.hcep_fraction = criterion, order, hcep_fraction
         self.threshold = threshold
-        self.name = "magnitude" if criterion == "magnitude" else ("hcep" if hcep_fraction > 0 else "cep")
+        self.name = ("hcep" if hcep_fraction > 0 else "cep") if criterion == "cep" else criterion
 
     @property
     def needs_data(self) -> bool:
-        return self.criterion == "cep"
+        return self.criterion in ("cep", "snip")
 
     def errors(self, model: nn.Module, layers: dict[str, nn.Module], batches: Batches | None) -> dict[str, torch.Tensor]:
         if self.criterion == "magnitude":
             return magnitude_errors(layers)
+        if self.criterion == "lamp":
+            return {n: lamp_scores(current_weight(m)) for n, m in layers.items()}
+        if self.criterion == "snip":
+            return snip_sensitivity(model, layers, batches)
         return connection_errors(model, layers, batches, self.order)

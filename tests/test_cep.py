@@ -3,6 +3,8 @@ masks through retraining and reload, sparse storage round trips and sizes, prune
 AlexNet/ImageNet experiment on a tiny ImageFolder)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import scipy.stats
 import torch
@@ -19,9 +21,11 @@ from infoprune.pruning.cep import (
     connection_masks,
     density_schedule,
     exact_loss_increase,
+    lamp_scores,
     magnitude_errors,
     prunable_weights,
     quota_effect,
+    snip_sensitivity,
 )
 from infoprune.pruning.sparse import load_sparse, save_sparse
 from tests import data_writers
@@ -154,6 +158,53 @@ def test_first_order_error_ranks_like_the_exact_loss_increase(small_trained):
     assert scipy.stats.spearmanr(second.flatten().numpy(), exact.flatten().numpy()).statistic > 0.3  # measured >= 0.62
 
 
+def test_lamp_scores_equal_the_definition_and_torch_pruning():
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    weight = torch.randn(6, 3, 3, 3)
+    weight[0, 0] = 0.0  # zeros (pruned connections) score 0
+    squares = weight.double().pow(2).flatten().tolist()
+    order = sorted(range(len(squares)), key=lambda i: squares[i])
+    expected = [0.0] * len(squares)
+    for position, i in enumerate(order):  # w_u^2 / sum of the squares at or after u in ascending order
+        expected[i] = squares[i] / sum(squares[j] for j in order[position:])
+    ours = lamp_scores(weight)
+    torch.testing.assert_close(ours.flatten(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    theirs = tp.importance.LAMPImportance()._lamp(weight.pow(2).flatten().clone())
+    torch.testing.assert_close(ours.flatten().float(), theirs, rtol=1e-5, atol=1e-7)
+    assert ours.max() == 1.0 and (ours.flatten()[:9] == 0).all()
+
+
+def test_lamp_with_a_global_threshold_never_empties_a_layer():
+    weights = {"big": nn.Linear(50, 40), "small": nn.Linear(3, 2)}
+    with torch.no_grad():
+        weights["small"].weight.mul_(1e-3)  # every weight smaller than any of the big layer's
+    criterion = ConnectionCriterion("lamp", threshold="global")
+    masks = connection_masks(criterion.errors(None, weights, None), 0.01, threshold="global")
+    assert masks["small"].sum() >= 1 and masks["big"].sum() >= 1
+    with pytest.raises(ValueError, match="removes every connection"):  # raw magnitudes would empty the small one
+        connection_masks(magnitude_errors(weights), 0.01, threshold="global")
+
+
+def test_snip_is_the_mean_gradient_sensitivity_and_never_exceeds_cep(small_trained):
+    net, x, y = small_trained
+    layers = {"conv1": net.features[0], "fc": net.classifier[-1]}
+    halves = lambda: [(x[:256], y[:256]), (x[256:], y[256:])]  # noqa: E731 - two equal batches
+    snip = snip_sensitivity(net, layers, halves)
+    net64 = copy.deepcopy(net).double()
+    modules = [net64.features[0], net64.classifier[-1]]
+    grads = torch.autograd.grad(nn.functional.cross_entropy(net64.eval()(x.double()), y), [m.weight for m in modules])
+    for name, module, g in zip(layers, modules, grads):
+        expected = (module.weight.detach() * g).abs()  # float64 gradient of the mean loss over all 512 images
+        torch.testing.assert_close(snip[name], expected, rtol=1e-4, atol=1e-5 * expected.max().item())  # float32 sums
+    cep = connection_errors(net, layers, halves, order=1)
+    for name in layers:
+        assert (snip[name] <= cep[name] + 1e-9).all()  # |mean| <= mean |.|
+        one = lambda: [(x, y)]  # noqa: E731 - on one batch they coincide
+        torch.testing.assert_close(snip_sensitivity(net, layers, one)[name],
+                                   connection_errors(net, layers, one, order=1)[name])
+
+
 def test_masked_weights_stay_zero_through_retraining_and_after_reload(small_trained, tmp_path):
     net, x, y = small_trained
     layers = prunable_weights(net)
@@ -208,11 +259,12 @@ def test_hcep_quota_above_the_target_density_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run" / "baseline").exists()
 
 
-def test_prune_py_with_cep_hcep_and_magnitude_on_digits(tmp_path):
+def test_prune_py_with_every_connection_criterion_on_digits(tmp_path):
     base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
                    "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",
                    "pruning.target=0.8"]
-    for metric, threshold in (("cep", "group"), ("hcep", "global"), ("magnitude", "layer")):
+    for metric, threshold in (("cep", "group"), ("hcep", "global"), ("magnitude", "layer"), ("lamp", "global"),
+                              ("snip", "global")):
         overrides = base + [f"pruning/metric={metric}", f"pruning.metric.threshold={threshold}"]
         results = prune(compose_config("prune", overrides, tmp_path / metric))
         assert results["metric"] == metric and results["scope"] == f"connection/{threshold}"
