@@ -26,13 +26,14 @@ from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks, removed_channels
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
-from infoprune.pruning.selection import LAYERWISE_MODES, check_amount, select_global, select_layerwise
+from infoprune.pruning.selection import LAYERWISE_MODES, check_amount, keep_top, select_global, select_layerwise
+from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.slim import slim, slim_to_widths
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("oneshot", "equal", "agp")
-SCOPES = ("layerwise", "global")
+SCOPES = ("layerwise", "global", "sensitivity")
 
 
 def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
@@ -150,8 +151,11 @@ class ChannelPruning(ScheduledPruning):
     Args:
         metric: a ``ChannelScorer`` (``pruning.metrics``; e.g. ``InputL1()``, ``MutualInformation()``).
         amount: fraction of the original network removed by the last step: of every group's parameters
-            (``layerwise``; ``mode=channels``: of its channels) or of the network's ``resource`` (``global``).
-        scope, mode, resource, normalization, min_channels: as in ``pruning.selection``.
+            (``layerwise``; ``mode=channels``: of its channels) or of the network's ``resource`` (``global``,
+            ``sensitivity``).
+        scope, mode, resource, normalization, min_channels: as in ``pruning.selection``; ``sensitivity``: per-group
+            widths chosen from the sensitivity table ``sensitivity`` (a CSV of ``python -m
+            infoprune.sensitivity``; ``pruning.sensitivity.allocate_widths``), one-shot schedules only.
         schedule: ``oneshot`` at ``start_epoch``; ``equal`` or ``agp`` steps from ``start_epoch`` to
             ``end_epoch`` (default: ``start_epoch``), ``steps`` of them.
         slim_epoch: physically slim the network at the start of this epoch (training goes on with the smaller
@@ -172,10 +176,13 @@ class ChannelPruning(ScheduledPruning):
                  slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
                  group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
                  save_path: str | None = None, round_to: int = 1, overrides: dict[str, float] | None = None,
-                 exclude: list[str] | None = None) -> None:
+                 exclude: list[str] | None = None, sensitivity: str | None = None) -> None:
         super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+        if scope == "sensitivity" and (schedule != "oneshot" or not sensitivity):
+            raise ValueError("the sensitivity scope needs a sensitivity table (sensitivity=<csv>) and the oneshot "
+                             "schedule (the table is measured on the unpruned network)")
         if mode not in LAYERWISE_MODES:
             raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
         if group_reduction not in GROUP_REDUCTIONS:
@@ -184,6 +191,8 @@ class ChannelPruning(ScheduledPruning):
         self.normalization, self.min_channels, self.group_reduction = normalization, min_channels, group_reduction
         self.slim_epoch, self.save_path = slim_epoch, save_path
         self.round_to, self.overrides, self.exclude = round_to, dict(overrides or {}), list(exclude or [])
+        self.sensitivity = sensitivity
+        self.allocated: dict[str, int] | None = None  # per-group widths the sensitivity scope chose
         self.keep: dict[str, torch.Tensor] | None = None
         self.scores: dict[str, torch.Tensor] | None = None
         self.structure: dict[str, int] | None = None
@@ -241,6 +250,11 @@ class ChannelPruning(ScheduledPruning):
         earlier steps) go first."""
         removed = removed or {}
         exclude = list(self.exclude) + [layer.name for layer in layers if only is not None and layer.name not in only]
+        if self.scope == "sensitivity":
+            self.allocated = allocate_widths(read_table(self.sensitivity), layers, scores,
+                                             PruningCost(net, layers, example), amount, self.resource, self.mode,
+                                             self.min_channels, self.round_to, exclude)
+            return {layer.name: keep_top(scores[layer.name], self.allocated[layer.name]) for layer in layers}
         if self.scope == "layerwise":
             scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
                       for name, s in scores.items()}

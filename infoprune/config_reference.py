@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 OUTPUT = ROOT / "docs" / "config_reference.md"
-ENTRY_POINTS = ("train.yaml", "prune.yaml")
+ENTRY_POINTS = ("train.yaml", "prune.yaml", "sensitivity.yaml")
 
 
 def _leading_comment(lines: list[str]) -> str:

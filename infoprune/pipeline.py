@@ -112,7 +112,7 @@ class PruningRun:
                               network="net", stats=resolved(self.cfg.pruning.stats),
                               group_reduction=self.cfg.pruning.get("group_reduction", "mean"),
                               round_to=scope.get("round_to", 1), overrides=dict(scope.get("overrides") or {}),
-                              exclude=list(scope.exclude))
+                              exclude=list(scope.exclude), sensitivity=scope.get("table"))
 
     # -- trainers ----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,

@@ -22,9 +22,10 @@ from infoprune.pruning.layers import TAP_POINTS, find_prunable_layers
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.schedule import SCHEDULES
 from infoprune.pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
+from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.stats import BINNINGS
 
-SCOPES = ("layerwise", "global")
+SCOPES = ("layerwise", "global", "sensitivity")
 RESOURCES = ("params", "flops")
 
 
@@ -180,11 +181,39 @@ def check_channel_scope(cfg: DictConfig, model: ImageClassifier, target: float) 
             check_fraction(amount, f"pruning.scope.overrides.{name}")
         return
     resource = check_choice(cfg, "pruning.scope.resource", RESOURCES)
+    if scope == "sensitivity":
+        check_sensitivity_scope(cfg, model, layers, target, resource, min_channels)
+        return
     check_choice(cfg, "pruning.scope.normalization", ("auto",) + NORMALIZATIONS)
     zeros = {layer.name: torch.zeros(layer.num_channels) for layer in layers}
     try:
         select_global(zeros, layers, PruningCost(model.net, layers, example), 1.0 - target, resource=resource,
                       min_channels=min_channels, exclude=list(setting(cfg, "pruning.scope.exclude", [])))
+    except ValueError as error:
+        raise ConfigError("pruning.target", str(error)) from None
+
+
+def check_sensitivity_scope(cfg: DictConfig, model: ImageClassifier, layers: list, target: float, resource: str,
+                            min_channels: int) -> None:
+    """The sensitivity table loads and names only prunable layers, the schedule is one-shot, and (a dry
+    allocation) its ratios can reach the target."""
+    mode = check_choice(cfg, "pruning.scope.mode", LAYERWISE_MODES)
+    round_to = check_int(cfg, "pruning.scope.round_to", 1)
+    if setting(cfg, "pruning.schedule.name") != "oneshot":
+        raise ConfigError("pruning.schedule", "the sensitivity scope prunes in one shot (its table is measured on "
+                          "the unpruned network): use pruning/schedule=oneshot")
+    path = setting(cfg, "pruning.scope.table")
+    if not path:
+        raise ConfigError("pruning.scope.table", "name the sensitivity CSV written by python -m infoprune.sensitivity")
+    try:
+        table = read_table(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError("pruning.scope.table", str(error)) from None
+    check_names(list(table.curves), [layer.name for layer in layers], "pruning.scope.table")
+    zeros = {layer.name: torch.zeros(layer.num_channels) for layer in layers}
+    try:
+        allocate_widths(table, layers, zeros, PruningCost(model.net, layers, model.example_input_array), target,
+                         resource, mode, min_channels, round_to, list(setting(cfg, "pruning.scope.exclude", [])))
     except ValueError as error:
         raise ConfigError("pruning.target", str(error)) from None
 
