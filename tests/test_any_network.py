@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torchvision
 
@@ -26,8 +23,8 @@ from infoprune.pruning.selection import select_global, select_layerwise
 from infoprune.pruning.slim import slim
 from infoprune.pruning.stats import collect_statistics
 from infoprune.validation import ConfigError, validate_pruning
-from tests.test_channel_scores import _free_port
 from tests.test_pruning import randomized
+from tests.two_processes import rank_zero_result
 
 GROUPED = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
@@ -153,22 +150,9 @@ def _group_scores(rank: int, world_size: int):
     return scores, {name: k.numel() for name, k in keep.items()}
 
 
-def _ddp_group_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        result = _group_scores(rank, world_size)
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_group_scores_and_widths_of_a_torchvision_network_under_ddp_equal_one_process(tmp_path):
     single_scores, single_widths = _group_scores(0, 1)
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_group_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ddp_scores, ddp_widths = torch.load(out, weights_only=False)
+    ddp_scores, ddp_widths = rank_zero_result(_group_scores, tmp_path)
     assert ddp_widths == single_widths and ddp_widths["conv1"] < 64
     for name, scores in single_scores.items():
         torch.testing.assert_close(ddp_scores[name], scores, rtol=0, atol=1e-12)

@@ -3,13 +3,10 @@ every network, output-L1 through flatten and residuals, and exactness under DDP 
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 from hydra.utils import instantiate
 
@@ -27,6 +24,7 @@ from infoprune.pruning.metrics import (
 from infoprune.pruning.stats import collect_statistics
 from infoprune.pruning.storage import load_channel_scores, save_channel_scores
 from tests.conftest import CONF
+from tests.two_processes import rank_zero_result
 
 
 def batches_of(images: torch.Tensor, labels: torch.Tensor, size: int):
@@ -197,12 +195,6 @@ def test_scores_file_round_trip(small_setup, tmp_path):
 
 # --- DDP: two gloo processes on disjoint, uneven shards give exactly the single-process statistics -------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _digits_statistics(rank: int, world_size: int, num_images: int):
     torch.manual_seed(0)
     net = SimpleNet(num_classes=10, in_channels=1, width=0.125, pool_after=[3, 6])
@@ -216,23 +208,11 @@ def _digits_statistics(rank: int, world_size: int, num_images: int):
     return stats, scores
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, num_images: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        stats, scores = _digits_statistics(rank, world_size, num_images)
-        if rank == 0:
-            torch.save({"stats": stats, "scores": scores}, out)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
     num_images = 1000 - 37  # 16 batches of 64 would be 1024: 15 full batches + one of 3, split unevenly
     single_stats, single_scores = _digits_statistics(0, 1, num_images)
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), num_images, out), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=False)
+    ddp_stats, ddp_scores = rank_zero_result(_digits_statistics, tmp_path, num_images)
+    ddp = {"stats": ddp_stats, "scores": ddp_scores}
     for name, s in single_stats.items():
         assert s.num_images == num_images
         assert torch.equal(ddp["stats"][name].counts, s.counts)

@@ -3,13 +3,9 @@ classes where it ships them, to independent numpy/scipy computations where it do
 permutation, and the same under two processes as under one."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -23,7 +19,8 @@ from infoprune.pruning.activation_metrics import APoZ, ChannelIndependence, HRan
 from infoprune.pruning.feature_stats import channel_independence, feature_map_rank, zero_fraction
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.torch_pruning_metrics import FPGM, BatchNormScale, Taylor
-from tests.test_channel_scores import _free_port, batches_of
+from tests.test_channel_scores import batches_of
+from tests.two_processes import rank_zero_result
 
 SETTINGS = StatisticsSettings(num_images=90, batch_size=32)
 
@@ -246,22 +243,9 @@ def _digits_scores(rank: int, world_size: int) -> dict[str, dict[str, torch.Tens
             for name, build in DDP_CRITERIA.items()}
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        scores = _digits_scores(rank, world_size)
-        if rank == 0:
-            torch.save(scores, out)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_give_the_same_scores_as_one(tmp_path):
     single = _digits_scores(0, 1)
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=False)
+    ddp = rank_zero_result(_digits_scores, tmp_path)
     for name, scores in single.items():
         for layer, values in scores.items():
             # gradients are float32 sums in another order; rank and zero counts are exact
