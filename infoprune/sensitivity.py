@@ -60,6 +60,9 @@ def check_sensitivity(cfg: DictConfig) -> tuple[Any, list[float], list[str] | No
     """Everything the job reads, before any training: the pruning settings (a channel criterion), the ratios,
     the groups to measure, the shard, the BatchNorm images. Returns the checked run, the ratios and the groups."""
     checked = validate_pruning(cfg)
+    if "ddp" in str(setting(cfg, "trainer.strategy", "auto")) or setting(cfg, "trainer.devices", 1) not in (1, "1"):
+        raise ConfigError("trainer", "a sensitivity job runs in one process; split the groups over parallel jobs "
+                          "with a multirun over sensitivity.shard instead")
     if isinstance(checked.metric, ConnectionCriterion):
         raise ConfigError("pruning.metric", "sensitivity analysis prunes channel groups: choose a channel criterion")
     try:

@@ -130,7 +130,8 @@ def test_merging_shards_joins_them_and_rejects_repeats(tmp_path):
                                           ("sensitivity.ratios=[0.5,1.0]", "sensitivity.ratios"),
                                           ("sensitivity.layers=[features.0.conv,nope]", "sensitivity.layers"),
                                           ("sensitivity.shard=2", "sensitivity.shard"),
-                                          ("pruning/metric=cep", "pruning.metric")])
+                                          ("pruning/metric=cep", "pruning.metric"),
+                                          ("trainer=ddp_cpu", "trainer")])
 def test_bad_input_fails_before_any_work(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         sensitivity(compose_config("sensitivity", FAST + [override], tmp_path / "run"))
