@@ -94,19 +94,31 @@ class SensitivityRun(PruningRun):
                            default_root_dir=str(self.out / "sensitivity"))
 
     def measure(self, ratios: list[float], only: list[str] | None) -> list[dict]:
+        """One row per (group of this shard, ratio): validation accuracy with that group alone pruned by the ratio
+        (its lowest-scored channels masked, BatchNorm re-estimated when set), and the network's parameters and
+        FLOPs that removes. ``baseline_acc`` is the unpruned network's, after the same BatchNorm re-estimation."""
         cfg = self.cfg
         model = self.baseline()
         example = model.example_input_array.to(model.device)
         layers = find_prunable_layers(model.net, example)
         chosen = [layer for layer in layers if only is None or layer.name in only]
-        shard, shards = int(cfg.sensitivity.shard), int(cfg.sensitivity.num_shards)
-        chosen = chosen[shard::shards]
+        chosen = chosen[int(cfg.sensitivity.shard)::int(cfg.sensitivity.num_shards)]
         trainer = self.evaluator()
-        baseline_acc = float(trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]["val/acc"])
         scores = self.scores(model, "scores")
-        images = int(cfg.sensitivity.get("recalibrate_bn_images") or 0)
-        stats = cfg.pruning.stats
+        images, stats = int(cfg.sensitivity.get("recalibrate_bn_images") or 0), cfg.pruning.stats
         original = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def accuracy() -> float:
+            """Validation accuracy of the network as it is now (BatchNorm re-estimated first, when set); the
+            network is restored afterwards."""
+            if images > 0:
+                recalibrate_batchnorm(model.net, self.datamodule.calibration_batches(images, stats.batch_size,
+                                                                                     stats.seed, model.device))
+            acc = float(trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]["val/acc"])
+            model.load_state_dict(original)
+            return acc
+
+        baseline_acc = accuracy()
         rows = []
         pairs = [(layer, ratio) for layer in chosen for ratio in ratios]
         for layer, ratio in tqdm(pairs, desc="sensitivity", unit="point", disable=not self.is_global_zero()):
@@ -116,15 +128,10 @@ class SensitivityRun(PruningRun):
             for channel in removed_channels(layer, kept).tolist():
                 cost.remove(layer.name, channel)
             apply_channel_masks([layer], {layer.name: kept})
-            if images > 0:
-                recalibrate_batchnorm(model.net, self.datamodule.calibration_batches(images, stats.batch_size,
-                                                                                     stats.seed, model.device))
-            acc = float(trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]["val/acc"])
-            model.load_state_dict(original)
             rows.append({"layer": layer.name, "ratio": ratio, "channels": layer.num_channels,
                          "channels_kept": len(kept), "params_removed": 1.0 - cost.remaining("params"),
-                         "flops_removed": 1.0 - cost.remaining("flops"), "acc": acc, "baseline_acc": baseline_acc,
-                         "metric": self.metric.name})
+                         "flops_removed": 1.0 - cost.remaining("flops"), "acc": accuracy(),
+                         "baseline_acc": baseline_acc, "metric": self.metric.name})
         return rows
 
 
