@@ -310,8 +310,8 @@ class PruningRun:
         return scoring.errors
 
     def run_connections(self) -> dict[str, Any]:
-        """Connection pruning (CEP, HCEP, magnitude, LAMP, SNIP): per step, errors -> masks to the step's density -> retrain;
-        then the final retraining with masks, masks made permanent, the sparse file written and measured."""
+        """Connection pruning (CEP, HCEP, magnitude, LAMP, SNIP): per step, errors -> masks to the step's density ->
+        retrain; then the final retraining with masks, masks made permanent, the sparse file written and measured."""
         model = self.baseline()
         state: dict[str, Any] = {"baseline": self.test(model, "baseline_test")}
         layers = prunable_weights(model.net, self.cfg.pruning.get("exclude_layers") or [])
