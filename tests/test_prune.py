@@ -49,7 +49,7 @@ def run_prune(tmp_path: Path, overrides: list[str], name: str = "run") -> dict:
 
 #: config name -> the variant results.json reports beside the name (the name is the config's)
 SCORER_VARIANTS = {"mi": None, "wmi": "l1_out", "wmi_act": "activation", "entropy": None, "l1_in": None,
-                   "l1_out": None, "random": None}
+                   "l1_out": None, "random": None, "taylor": None, "chip": None}  # + the gradient and feature-map paths
 
 
 @pytest.mark.parametrize("metric", sorted(SCORER_VARIANTS))
