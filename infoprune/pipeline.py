@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.console import announce_phase, quiet_terminal
-from infoprune.io import atomic_save
+from infoprune.io import atomic_save, atomic_write_text
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
@@ -40,7 +41,7 @@ from infoprune.pruning.schedule import PruningStep, plan_schedule
 from infoprune.pruning.sparse import save_sparse
 from infoprune.pruning.summary import PruningSummary
 from infoprune.threads import apply_job_threads
-from infoprune.training import best_checkpoint
+from infoprune.training import ValidationCurve, best_checkpoint
 from infoprune.validation import CheckedRun, validate_pruning
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class PruningRun:
         self.cfg, self.metric = cfg, checked.metric
         self.started = time.perf_counter()
         self.phases: dict[str, float] = {}  # wall seconds per phase, in the order they ran
+        self.baseline_curve: list[float] | None = None
         self.out = Path(cfg.paths.output_dir)
         self.datamodule = checked.datamodule
         self.loggers = instantiate_group(cfg.get("logger"))
@@ -116,10 +118,10 @@ class PruningRun:
 
     # -- trainers ----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,
-                **overrides: Any) -> pl.Trainer:
+                checkpoint_dir: Path | None = None, **overrides: Any) -> pl.Trainer:
         """A fresh Trainer for ``phase``; fit phases get the configured callbacks, checkpointing into
-        ``<output>/<phase>/checkpoints``; ``overrides`` are Trainer arguments. The phase's name is printed as it
-        starts."""
+        ``checkpoint_dir`` (default ``<output>/<phase>/checkpoints``); ``overrides`` are Trainer arguments. The
+        phase's name is printed as it starts."""
         if self.is_global_zero():
             announce_phase(phase)
         group = []
@@ -127,7 +129,7 @@ class PruningRun:
             callbacks_cfg = OmegaConf.create(resolved(self.cfg.callbacks))
             for entry in callbacks_cfg.values():
                 if isinstance(entry, DictConfig) and "dirpath" in entry:
-                    entry.dirpath = str(self.out / phase / "checkpoints")
+                    entry.dirpath = str(checkpoint_dir or self.out / phase / "checkpoints")
             group = instantiate_group(callbacks_cfg)
         elif self.cfg.get("callbacks"):  # evaluation phases keep only the progress bar
             bars = {k: v for k, v in self.cfg.callbacks.items()
@@ -159,11 +161,12 @@ class PruningRun:
             metrics = self.trainer(phase).test(model, datamodule=self.datamodule, verbose=False)[0]
         return {k.removeprefix("test/"): float(v) for k, v in metrics.items()}
 
-    def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None) -> None:
-        """Train ``model`` for ``epochs`` in a fresh Trainer (resuming from ``ckpt_path``), then load its best
-        checkpoint's weights."""
+    def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None,
+            **trainer_args: Any) -> None:
+        """Train ``model`` for ``epochs`` in a fresh Trainer (resuming from ``ckpt_path``; ``trainer_args`` go to
+        :meth:`trainer`), then load its best checkpoint's weights."""
         with self.timed(phase):
-            trainer = self.trainer(phase, max_epochs=epochs, fit=True)
+            trainer = self.trainer(phase, max_epochs=epochs, fit=True, **trainer_args)
             trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)
             best = best_checkpoint(trainer)
             if best:
@@ -173,7 +176,10 @@ class PruningRun:
     def baseline(self) -> ImageClassifier:
         """The trained network: from ``ckpt_path``; else from the baseline cache (``baseline_cache``: one baseline
         per model, data, training length and seed, shared by every job of a sweep); else trained here for
-        ``trainer.max_epochs`` epochs (and put in the cache)."""
+        ``trainer.max_epochs`` epochs and put in the cache. A cached baseline's training checkpoints into
+        ``<cache entry>.partial/`` (removed once the entry is saved), so an interrupted training resumes there, in
+        any job with the same settings. ``self.baseline_curve``: the validation accuracy after every epoch of the
+        baseline's training (kept beside the cache entry as ``<entry>.json``), None for a ``ckpt_path``."""
         model = build_model(self.cfg, self.datamodule)
         if self.cfg.get("ckpt_path"):
             return model
@@ -184,11 +190,22 @@ class PruningRun:
                 checkpoint = read_checkpoint(str(cache))
                 check_checkpoint_fits(model, checkpoint, str(cache))
                 model.load_state_dict(checkpoint["state_dict"])
+                curve = cache.with_suffix(".json")
+                self.baseline_curve = json.loads(curve.read_text())["val_acc"] if curve.exists() else None
                 return model
             log.info("no ckpt_path: training the baseline first")
-            self.fit(model, "baseline", self.cfg.trainer.max_epochs)
+            partial = cache.with_suffix(".partial") if cache is not None else None
+            resume = partial / "last.ckpt" if partial is not None and (partial / "last.ckpt").exists() else None
+            if resume is not None:
+                log.info("resuming the baseline's interrupted training from %s", resume)
+            curve = ValidationCurve(monitor="val/acc")
+            self.fit(model, "baseline", self.cfg.trainer.max_epochs, ckpt_path=resume and str(resume),
+                     callbacks=[curve], checkpoint_dir=partial)
+            self.baseline_curve = curve.values
             if cache is not None and self.is_global_zero():
                 save_weights_checkpoint(model, cache)
+                atomic_write_text(cache.with_suffix(".json"), json.dumps({"val_acc": curve.values}))
+                shutil.rmtree(partial, ignore_errors=True)
         return model
 
     def scores(self, model: ImageClassifier, step_dir: str) -> dict[str, torch.Tensor]:
@@ -266,6 +283,7 @@ class PruningRun:
         state: dict[str, Any] = {"settings": resume_key(self.cfg)}
         model = self.baseline()
         state["baseline"] = self.test(model, "baseline_test")
+        state["baseline_curve"] = self.baseline_curve
         example = model.example_input_array.to(model.device)
         layers = find_prunable_layers(model.net, example)
         dense = {"params": count_parameters(model.net), "flops": count_flops(model.net, example)}
@@ -313,7 +331,7 @@ class PruningRun:
         """Connection pruning (CEP, HCEP, magnitude, LAMP, SNIP): per step, errors -> masks to the step's density ->
         retrain; then the final retraining with masks, masks made permanent, the sparse file written and measured."""
         model = self.baseline()
-        state: dict[str, Any] = {"baseline": self.test(model, "baseline_test")}
+        state: dict[str, Any] = {"baseline": self.test(model, "baseline_test"), "baseline_curve": self.baseline_curve}
         layers = prunable_weights(model.net, self.cfg.pruning.get("exclude_layers") or [])
         schedule = self.cfg.pruning.schedule
         if schedule.name == "layer_by_layer":
@@ -383,6 +401,7 @@ class PruningRun:
             "groups": state.get("groups", {}), "step_finetune_epochs": self.step_finetune_epochs(),
             "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
             "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
+            "baseline_val_acc": state.get("baseline_curve"),
             "threads": torch.get_num_threads(),
             "settings_digest": settings_digest(self.cfg),
         }

@@ -37,6 +37,24 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(callback, "best_model_path", None) or None
 
 
+class ValidationCurve(pl.Callback):
+    """``monitor`` (``val/acc`` by default) after every validation epoch of a fit, sanity check excluded: the
+    training curve, kept in the Trainer's checkpoints so that a resumed fit continues it."""
+
+    def __init__(self, monitor: str = "val/acc") -> None:
+        self.monitor, self.values = monitor, []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self.monitor in trainer.callback_metrics:
+            self.values.append(float(trainer.callback_metrics[self.monitor]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "values": list(self.values)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.values = list(state_dict["values"])
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.datamodule`` (resuming from ``cfg.ckpt_path`` if set), then test the best
     checkpoint. Returns every logged metric (``val/...`` of the last epoch, ``test/...`` of the best checkpoint).

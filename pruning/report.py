@@ -2,11 +2,13 @@
 metric, scope, schedule and target, best fine-tuned accuracy first) and a plot (test accuracy vs fraction of
 parameters remaining, one line per metric; one panel after fine-tuning, one right after pruning; bars when there is a
 single target). Written next to the first sweep, or to ``--out <prefix>`` (``<prefix>.md`` and ``<prefix>.png``).
+``--reference <metric>`` adds each row's accuracy difference to that metric on the same seeds (paired); baselines
+that recorded their validation curve get a plateau table and a plot of the curves.
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
     python -m infoprune.pruning.report logs/prune/multiruns/<date> [more sweep dirs] [--out docs/results/my_table]
-        [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi]
+        [--by pruning.stats.bins pruning.stats.num_images] [--metrics mi wmi] [--reference l1_in]
 """
 from __future__ import annotations
 
@@ -100,18 +102,41 @@ def was_finetuned(run: dict) -> bool:
     return run["acc_finetuned"] != run["acc_pruned"]
 
 
+def final_accuracy(run: dict) -> float:
+    """``acc_finetuned`` of a fine-tuned run, ``acc_pruned`` of one that was not."""
+    return run["acc_finetuned"] if was_finetuned(run) else run["acc_pruned"]
+
+
 def accuracy_drop(run: dict) -> float:
-    """``acc_baseline - acc_finetuned`` of one run (``acc_pruned`` if it was not fine-tuned): paired by run, so its
-    spread over seeds excludes the spread of the baselines."""
-    return run["acc_baseline"] - (run["acc_finetuned"] if was_finetuned(run) else run["acc_pruned"])
+    """``acc_baseline - final accuracy`` of one run: paired by run, so its spread over seeds excludes the spread of
+    the baselines."""
+    return run["acc_baseline"] - final_accuracy(run)
 
 
-def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
+def paired_differences(runs: list[dict], reference: str, by: tuple[str, ...] = ()) -> dict[tuple, list[float]]:
+    """Per (metric, scope, schedule, target, *by): ``final accuracy(run) - final accuracy(reference run)`` for every
+    seed that both the row and the ``reference`` metric ran with the same scope, schedule, target and ``by``
+    values (the same baseline, so the baseline's spread cancels). A seed run more than once is averaged first."""
+    keys = GROUP + tuple(by)
+    per_seed: dict[tuple, dict[object, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        per_seed[tuple(run[k] for k in keys)][run.get("seed")].append(final_accuracy(run))
+    differences = {}
+    for key, seeds in per_seed.items():
+        ref = per_seed.get((reference, *key[1:]), {})
+        differences[key] = [statistics.fmean(accs) - statistics.fmean(ref[seed])
+                            for seed, accs in sorted(seeds.items(), key=lambda item: str(item[0])) if seed in ref]
+    return differences
+
+
+def aggregate(runs: list[dict], by: tuple[str, ...] = (), reference: str | None = None) -> list[dict]:
     """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds.
     ``finetuned`` says whether any run of the row was fine-tuned (see :func:`was_finetuned`); ``acc_finetuned`` is
     then over those runs only, else it repeats the pruned accuracy. ``drop``: :func:`accuracy_drop` over the same
-    runs."""
+    runs. With a ``reference`` metric, ``vs_reference``: mean and std of :func:`paired_differences` and their
+    count (absent where no seed pairs)."""
     keys = GROUP + tuple(by)
+    paired = paired_differences(runs, reference, by) if reference else {}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         groups[tuple(run[k] for k in keys)].append(run)
@@ -129,6 +154,8 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = ()) -> list[dict]:
         for optional in OPTIONAL:
             if all(optional in m for m in members):
                 row[optional] = mean_std([m[optional] for m in members])
+        if paired.get(key):
+            row["vs_reference"] = (*mean_std(paired[key]), len(paired[key]))
         if all("phase_s" in m for m in members):
             per_run = [grouped_phases(m) for m in members]
             row["phases"] = {k: statistics.fmean(p[k] for p in per_run) for k in per_run[0]}
@@ -155,21 +182,31 @@ def seeds_cell(row: dict) -> str:
     return f"{n}" if row["runs"] == n else f"{n} ({row['runs']} runs)"
 
 
-def markdown_table(rows: list[dict]) -> str:
+def paired_cell(row: dict) -> str:
+    """``mean ± std (n)`` in points of the row's paired difference to the reference metric; ``-`` without pairs."""
+    if "vs_reference" not in row:
+        return "-"
+    mean, std, n = row["vs_reference"]
+    return f"{100 * mean:+.2f} ± {100 * std:.2f} ({n})" if n > 1 else f"{100 * mean:+.2f} (1)"
+
+
+def markdown_table(rows: list[dict], reference: str | None = None) -> str:
     storage = any("storage_reduction" in r for r in rows)
     timed = any("wall_s" in r for r in rows)
     by = rows[0]["by"] if rows else ()
     header = ("| metric | scope | schedule | target | " + "".join(f"{k} | " for k in by)
-              + "seeds | baseline | pruned (no fine-tune) | fine-tuned | drop (points) | params left | FLOPs left |"
+              + "seeds | baseline | pruned (no fine-tune) | fine-tuned | drop (points) |"
+              + (f" vs {reference}, paired (points) |" if reference else "") + " params left | FLOPs left |"
               + (" storage smaller by |" if storage else "") + (" minutes per job |" if timed else ""))
-    lines = [header, "|" + "---|" * (11 + len(by) + storage + timed)]
+    lines = [header, "|" + "---|" * (11 + len(by) + bool(reference) + storage + timed)]
     for r in rows:
         acc = [mean_pm_std(r, r[c]) for c in ("acc_baseline", "acc_pruned", "acc_finetuned")]
         acc[2] = acc[2] if r["finetuned"] else "-"
         line = (f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
                 + "".join(f"{r[k]} | " for k in by) + f"{seeds_cell(r)} | "
                 f"{' | '.join(acc)} | {mean_pm_std(r, r['drop'])} | "
-                f"{100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
+                + (f"{paired_cell(r)} | " if reference else "")
+                + f"{100 * r['params_remaining'][0]:.1f}% | {100 * r['flops_remaining'][0]:.1f}% |")
         if storage:
             line += f" {r['storage_reduction'][0]:.2f}x |" if "storage_reduction" in r else " - |"
         if timed:
@@ -192,6 +229,61 @@ def phase_table(rows: list[dict]) -> str:
                      + " | ".join(f"{r['phases'][c]:.1f}" for c in columns)
                      + f" | {sum(r['phases'].values()):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def plateau_gain(curve: list[float], fraction: float = 0.2) -> float:
+    """How much the best validation accuracy rose during the last ``fraction`` of the epochs:
+    ``max(curve[n-k:]) - max(curve[:n-k])``, ``k = max(1, round(fraction * n))`` (0 for a curve of one epoch)."""
+    k = max(1, round(fraction * len(curve)))
+    return max(curve[-k:]) - max(curve[:-k]) if len(curve) > k else 0.0
+
+
+def baseline_rows(runs: list[dict]) -> list[dict]:
+    """One row per distinct trained baseline among the runs (network, data, seed and validation curve), for the
+    runs that recorded the curve (``baseline_val_acc``): epochs, last and best validation accuracy,
+    :func:`plateau_gain`, test accuracy and how many runs started from it."""
+    baselines: dict[tuple, dict] = {}
+    for run in runs:
+        curve = run.get("baseline_val_acc")
+        if not curve:
+            continue
+        key = (run.get("network", "?"), run.get("datamodule", "?"), run.get("seed"), tuple(curve))
+        row = baselines.setdefault(key, {"network": str(key[0]).rsplit(".", 1)[-1], "datamodule": key[1],
+                                         "seed": key[2], "curve": list(curve), "acc_test": run["acc_baseline"],
+                                         "runs": 0})
+        row["runs"] += 1
+    return sorted(baselines.values(), key=lambda r: (r["network"], r["datamodule"], str(r["seed"])))
+
+
+def baseline_table(rows: list[dict]) -> str:
+    """The baselines the runs started from, and whether their training reached its plateau."""
+    lines = ["", "Baselines (validation accuracy in %; gain: best over the last 20% of epochs minus best before):",
+             "", "| network | data | seed | epochs | val, last epoch | val, best | gain over the last 20% (points) "
+             "| test | runs |", "|" + "---|" * 9]
+    for r in rows:
+        curve = r["curve"]
+        lines.append(f"| {r['network']} | {r['datamodule']} | {r['seed']} | {len(curve)} | {100 * curve[-1]:.2f} | "
+                     f"{100 * max(curve):.2f} | {100 * plateau_gain(curve):.2f} | {100 * r['acc_test']:.2f} | "
+                     f"{r['runs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_plot(rows: list[dict], path: Path) -> Path:
+    """Validation accuracy per epoch of every baseline, the last 20% of epochs shaded."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(rows):
+        ax.plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], "-o", markersize=3, color=f"C{i % 10}",
+                label=f"{r['network']}, {r['datamodule']}, seed {r['seed']}")
+    longest = max(len(r["curve"]) for r in rows)
+    ax.axvspan(longest - max(1, round(0.2 * longest)) + 0.5, longest + 0.5, color="0.9", label="last 20% of epochs")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def bar_plot(rows: list[dict], path: Path) -> Path:
@@ -252,10 +344,12 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = (),
                  metrics: tuple[str, ...] = (), question: str | None = None, discussion: str | None = None,
-                 command: str | None = None) -> tuple[Path, Path]:
+                 command: str | None = None, reference: str | None = None) -> tuple[Path, Path]:
     """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``) over the runs of ``metrics`` (default
     all); returns their paths. The page leads with ``question`` (default: which sweep it is), says that the table
-    and plot answer it, where it is ``discussion``-ed, and the ``command`` that wrote it."""
+    and plot answer it, where it is ``discussion``-ed, and the ``command`` that wrote it. With a ``reference``
+    metric the table has each row's paired difference to it. Baselines that recorded their training curve get a
+    table and ``<out>_baselines.png``."""
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
     runs = load_runs(*sweep_dirs, by=tuple(by))
     present = sorted({r["metric"] for r in runs})
@@ -263,8 +357,10 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     if unknown:
         raise ValueError(f"no runs of metric(s) {unknown} under {[str(d) for d in sweep_dirs]}; the metrics there "
                          f"are {present}")
-    runs = [r for r in runs if not metrics or r["metric"] in metrics]
-    rows = aggregate(runs, by=tuple(by))
+    if reference and reference not in present:
+        raise ValueError(f"no runs of the reference metric {reference!r}; the metrics there are {present}")
+    runs = [r for r in runs if not metrics or r["metric"] in metrics or r["metric"] == reference]
+    rows = [r for r in aggregate(runs, by=tuple(by), reference=reference) if not metrics or r["metric"] in metrics]
     prefix.parent.mkdir(parents=True, exist_ok=True)
     table, figure = prefix.with_suffix(".md"), prefix.with_suffix(".png")
     sources = ", ".join(str(d) for d in sweep_dirs)
@@ -272,8 +368,15 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     if question:
         lead += f" (discussion: {discussion})." if discussion else "."
         lead += f" Written by `{command}`.\n\n" if command else f" Runs: {sources}.\n\n"
-    table.write_text(lead + "Test accuracy in %, mean ± std over seeds.\n\n"
-                     + markdown_table(rows) + f"\n![accuracy vs parameters]({figure.name})\n")
+    paired = (f" `vs {reference}, paired`: the row's accuracy minus {reference}'s on the same seed and baseline, "
+              "mean ± std over the seeds both ran (their number in brackets).") if reference else ""
+    text = (lead + f"Test accuracy in %, mean ± std over seeds.{paired}\n\n" + markdown_table(rows, reference)
+            + f"\n![accuracy vs parameters]({figure.name})\n")
+    baselines = baseline_rows(runs)
+    if baselines:
+        curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))
+        text += baseline_table(baselines) + f"\n![baseline training curves]({curves.name})\n"
+    table.write_text(text)
     return table, plot(rows, figure)
 
 
@@ -285,11 +388,13 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=[], help="only these metrics (names as in results.json)")
     parser.add_argument("--question", help="what the page answers (its title)")
     parser.add_argument("--discussion", help="where the answer is discussed (a Markdown link)")
+    parser.add_argument("--reference", help="a metric every row is compared with, seed by seed (paired)")
     args = parser.parse_args()
     command = "python -m infoprune.pruning.report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics),
-                                     question=args.question, discussion=args.discussion, command=command)
+                                     question=args.question, discussion=args.discussion, command=command,
+                                     reference=args.reference)
     except (ValueError, KeyError, FileNotFoundError) as error:
         parser.error(str(error))
     print(table.read_text())

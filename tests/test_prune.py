@@ -334,14 +334,23 @@ def test_full_scale_paper_command_runs_fast_dev_run_sized(tmp_path):
     assert results["scope"] == "layerwise" and results["params_remaining"] < 0.4
 
 
-def test_baseline_cache_trains_each_baseline_once(tmp_path):
+def test_baseline_cache_trains_each_baseline_once_and_resumes_an_interrupted_training(tmp_path):
     cache = tmp_path / "baselines"
-    base = QUICK + ["trainer.max_epochs=2", f"baseline_cache={cache}", "finetune.max_epochs=0"]
-    first = run_prune(tmp_path, base + ["pruning/metric=l1_in"], "first")
-    assert (tmp_path / "first" / "baseline").exists() and len(list(cache.glob("*.ckpt"))) == 1
+    base = QUICK + ["trainer.max_epochs=3", f"baseline_cache={cache}", "finetune.max_epochs=0"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_prune(tmp_path, base + ["pruning/metric=l1_in", "+callbacks.crash._target_=tests.test_prune.CrashAtEpochTwo"],
+                  "crashed")
+    assert not list(cache.glob("*.ckpt")) and len(list(cache.glob("*.partial/last.ckpt"))) == 1
+    RecordEpochs.epochs.clear()
+    first = run_prune(tmp_path, base + ["pruning/metric=l1_in", RECORD], "first")  # another job, same settings
+    assert RecordEpochs.epochs == [2]  # resumed from the interrupted job's epoch-1 checkpoint
+    assert len(list(cache.glob("*.ckpt"))) == 1 and not list(cache.glob("*.partial"))
+    curve = json.loads(next(cache.glob("*.json")).read_text())["val_acc"]
+    assert len(curve) == 3  # epochs 0-1 recorded by the interrupted job, restored from its checkpoint
+    assert first["baseline_val_acc"] == curve and all(0 < acc <= 1 for acc in curve)
     second = run_prune(tmp_path, base + ["pruning/metric=mi", "pruning.target=0.3"], "second")
     assert not (tmp_path / "second" / "baseline").exists()  # reused, not retrained
-    assert second["acc_baseline"] == first["acc_baseline"]
+    assert second["acc_baseline"] == first["acc_baseline"] and second["baseline_val_acc"] == curve
     run_prune(tmp_path, base + ["pruning/metric=mi", "seed=1"], "other_seed")
     assert len(list(cache.glob("*.ckpt"))) == 2  # another seed is another baseline
 

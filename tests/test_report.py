@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infoprune.pruning.report import aggregate, label, load_runs, markdown_table, write_report
+from infoprune.pruning.report import aggregate, label, load_runs, markdown_table, plateau_gain, write_report
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -155,3 +155,35 @@ def test_a_report_page_leads_with_its_question_and_the_command(tmp_path):
     lines = page.read_text().splitlines()
     assert lines[0] == "# Which criterion wins?"
     assert "discussion: [main](main.md)" in lines[2] and "`python -m infoprune.pruning.report x`" in lines[2]
+
+
+def test_paired_differences_match_seed_by_seed_numpy(tmp_path):
+    runs = load_runs(*write_sweeps(tmp_path))
+    del runs[[r["metric"] == "l1_out" and r["target"] == 0.7 and r["seed"] == 2 for r in runs].index(True)]
+    rows = {(r["metric"], r["target"]): r for r in aggregate(runs, reference="l1_out")}
+    for target, seeds in ((0.5, [0, 1, 2]), (0.7, [0, 1])):  # only the seeds both metrics ran are paired
+        diff = np.array(ACC[("mi", target)])[seeds] - np.array(ACC[("l1_out", target)])[seeds]
+        assert rows[("mi", target)]["vs_reference"] == pytest.approx((diff.mean(), diff.std(ddof=1), len(seeds)))
+        assert rows[("l1_out", target)]["vs_reference"][:2] == (0.0, 0.0)
+    line = [x for x in markdown_table(list(rows.values()), "l1_out").splitlines() if x.startswith("| mi | layerwise |")]
+    assert "| -8.33 ± 1.15 (3) |" in line[0]  # target 0.5: -0.09, -0.07, -0.09
+
+
+def test_plateau_gain_is_the_rise_of_the_best_accuracy_over_the_last_fifth():
+    assert plateau_gain([0.5, 0.6, 0.7, 0.72, 0.71, 0.74, 0.73, 0.745, 0.75, 0.748]) == pytest.approx(0.75 - 0.745)  # k = 2
+    assert plateau_gain([0.5, 0.6, 0.7, 0.69, 0.68]) == pytest.approx(-0.02)  # k = 1: best before it is higher
+    assert plateau_gain([0.6]) == 0.0
+
+
+def test_report_shows_each_baseline_once_with_its_plateau_gain_and_curve_plot(tmp_path):
+    dirs = write_sweeps(tmp_path)
+    curves = {0: [0.5, 0.6, 0.7, 0.7, 0.72], 1: [0.4, 0.6, 0.65, 0.66, 0.66], 2: [0.7] * 5}
+    for file in sorted(Path(tmp_path).rglob("results.json")):
+        run = json.loads(file.read_text())
+        file.write_text(json.dumps(dict(run, network="infoprune.models.SimpleNet", datamodule="cifar10",
+                                        baseline_val_acc=curves[run["seed"]])))
+    table, _ = write_report(*dirs, out=tmp_path / "page", reference="mi")
+    text = table.read_text()
+    assert "| SimpleNet | cifar10 | 0 | 5 | 72.00 | 72.00 | 2.00 | 80.00 | 4 |" in text  # every seed-0 run shares it
+    assert "| SimpleNet | cifar10 | 1 | 5 | 66.00 | 66.00 | 0.00 | 80.00 | 4 |" in text
+    assert (tmp_path / "page_baselines.png").stat().st_size > 1000 and "vs mi, paired (points)" in text
