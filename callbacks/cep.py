@@ -39,6 +39,7 @@ def apply_connection_masks(layers: dict[str, nn.Module], masks: Mapping[str, tor
         if torch_prune.is_pruned(module):
             torch_prune.remove(module, "weight")
         torch_prune.custom_from_mask(module, "weight", masks[name].to(module.weight.device))
+        weight_first(module)
 
 
 def make_permanent(layers: dict[str, nn.Module]) -> None:
@@ -46,3 +47,15 @@ def make_permanent(layers: dict[str, nn.Module]) -> None:
     for module in layers.values():
         if torch_prune.is_pruned(module):
             torch_prune.remove(module, "weight")
+            weight_first(module)
+
+
+def weight_first(module: nn.Module) -> None:
+    """Put the weight (``weight`` or the masked ``weight_orig``) back first among the module's parameters, where
+    ``torch.nn.utils.prune`` moved it to the end: the parameter order, and so an optimizer built from it, is then
+    the same masked or not (a fit resumed with masks loads the optimizer state the unmasked fit saved)."""
+    params = module._parameters
+    first = [k for k in ("weight", "weight_orig") if k in params]
+    ordered = [(k, params[k]) for k in first + [k for k in params if k not in first]]
+    params.clear()
+    params.update(ordered)

@@ -114,6 +114,33 @@ class ScheduledPruning(pl.Callback):
 
         return batches
 
+    # -- resuming an interrupted fit ------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Let a fit resume from a checkpoint written after pruning: Lightning calls the module's
+        ``on_load_checkpoint`` just before it loads the checkpoint's weights, so that hook is wrapped to give the
+        network the checkpoint's pruned form first (:meth:`restore_form`)."""
+        hook = wrapped = pl_module.on_load_checkpoint
+        while hasattr(wrapped, "restores_state_of"):  # wrapped before (an earlier fit of this module)
+            if wrapped.restores_state_of == self.state_key:
+                return
+            wrapped = wrapped.__wrapped__
+        if stage != "fit":
+            return
+
+        def on_load_checkpoint(checkpoint: dict) -> None:
+            saved = (checkpoint.get("callbacks") or {}).get(self.state_key)
+            if saved:
+                self.restore_form(pl_module, checkpoint, saved)
+            hook(checkpoint)
+
+        on_load_checkpoint.restores_state_of, on_load_checkpoint.__wrapped__ = self.state_key, hook
+        pl_module.on_load_checkpoint = on_load_checkpoint
+
+    def restore_form(self, pl_module: pl.LightningModule, checkpoint: dict, saved: dict) -> None:
+        """Give the network the shape (or masks) that the weights in ``checkpoint`` have; ``saved``: this
+        callback's ``state_dict`` in it."""
+        raise NotImplementedError
+
     # -- the schedule ---------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check the settings against this fit before any training step."""
@@ -166,6 +193,8 @@ class ChannelPruning(ScheduledPruning):
         calibration_dataloader: where calibration images come from when the datamodule has no
             ``calibration_batches``.
         save_path: where the slimmed network is saved at the end of fit (``load_slimmed`` reloads it).
+            An interrupted fit resumes from its Lightning checkpoint (``trainer.fit(..., ckpt_path=...)`` with a
+            fresh module and callback): see :meth:`ScheduledPruning.setup`.
         round_to, overrides, exclude: layer-wise widths rounded up to a multiple; per-group amounts; groups left
             as they are (``exclude`` also for ``global``).
     """
@@ -207,9 +236,14 @@ class ChannelPruning(ScheduledPruning):
             raise ValueError(f"slim_epoch {self.slim_epoch} must come after the last pruning step (epoch {last})")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The network has channel groups (the training data is there now, for an example input)."""
-        if not self.layers(pl_module):
+        """The network has channel groups (the training data is there now, for an example input); a fit resumed
+        between a pruning step and slimming masks the same channels again."""
+        layers = self.layers(pl_module)
+        if not layers:
             raise ValueError(f"{type(self.net(pl_module)).__name__} has no prunable channel group")
+        if self.keep is not None and self.structure is None:
+            self._layers = layers
+            apply_channel_masks(layers, self.keep)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.slim_epoch == trainer.current_epoch and self.structure is None:
@@ -299,7 +333,24 @@ class ChannelPruning(ScheduledPruning):
             strategy.configure_ddp()
 
     def state_dict(self) -> dict:
-        return {"structure": self.structure, "settings": asdict(self.settings)}
+        return {"structure": self.structure, "settings": asdict(self.settings),
+                "keep": {name: k.cpu() for name, k in self.keep.items()} if self.keep is not None else None,
+                "example_shape": list(self._example.shape) if self._example is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.structure = state_dict.get("structure")
+        keep = state_dict.get("keep")
+        self.keep = {name: torch.as_tensor(k) for name, k in keep.items()} if keep is not None else None
+
+    def restore_form(self, pl_module: pl.LightningModule, checkpoint: dict, saved: dict) -> None:
+        """Slim the network to the checkpoint's widths (its weights then load into it)."""
+        if not saved.get("structure"):
+            return
+        example = torch.zeros(saved["example_shape"], device=pl_module.device)
+        slim_to_widths(self.net(pl_module), saved["structure"], example)
+        self.structure = dict(saved["structure"])
+        if "structure" in getattr(pl_module, "hparams", {}):
+            pl_module.hparams["structure"] = dict(self.structure)
 
 
 class ConnectionPruning(ScheduledPruning):
@@ -331,6 +382,19 @@ class ConnectionPruning(ScheduledPruning):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self._layers = prunable_weights(self.net(pl_module), self.exclude_layers)
+
+    def state_dict(self) -> dict:
+        return {"masked": self.masks is not None}
+
+    def restore_form(self, pl_module: pl.LightningModule, checkpoint: dict, saved: dict) -> None:
+        """Mask the connections that the checkpoint's masks (``<layer>.weight_mask``) remove, so its masked
+        weights load, and later steps keep them removed."""
+        prefix = f"{self.network}." if self.network else ""
+        layers = prunable_weights(self.net(pl_module), self.exclude_layers)
+        masks = {n: checkpoint["state_dict"].get(f"{prefix}{n}.weight_mask") for n in layers}
+        if saved.get("masked") and all(mask is not None for mask in masks.values()):
+            self.masks = {n: mask.bool() for n, mask in masks.items()}
+            apply_connection_masks(layers, self.masks)
 
     def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
         batches = self._calibration(trainer, pl_module) if self.criterion.needs_data else None

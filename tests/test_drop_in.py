@@ -13,13 +13,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_slimmed, schedule_steps
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
 from infoprune.pruning.selection import keep_count
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordEpochs
+from tests.test_prune import CrashAtEpochTwo
 
 
 class Tiny(pl.LightningModule):
@@ -166,6 +168,46 @@ def test_cep_in_a_foreign_module_reaches_its_density_and_saves_permanent_zeros(t
     fresh.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
     x = torch.rand(5, 3, 8, 8)
     torch.testing.assert_close(fresh.eval()(x), module.eval()(x), rtol=0, atol=0)
+
+
+def fit_interrupted_then_resumed(tmp_path, make_pruning, epochs: int = 4) -> tuple[pl.Callback, Tiny, list[int]]:
+    """Fit ``Tiny`` with ``make_pruning()`` checkpointing every epoch, crash at the start of epoch 2, then resume
+    from ``last.ckpt`` with a fresh module and a fresh callback, the way a rerun script would. Returns the second
+    callback, module, and the epochs the second fit trained."""
+    def run(extra: list, ckpt_path=None) -> tuple[pl.Callback, Tiny]:
+        torch.manual_seed(0)
+        module, pruning = Tiny(), make_pruning()
+        last = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None, enable_version_counter=False)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", callbacks=[pruning, last, *extra], logger=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, datamodule=Shapes(), ckpt_path=ckpt_path)
+        return pruning, module
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run([CrashAtEpochTwo()])
+    RecordEpochs.epochs.clear()
+    pruning, module = run([RecordEpochs()], ckpt_path=tmp_path / "last.ckpt")
+    return pruning, module, list(RecordEpochs.epochs)
+
+
+@pytest.mark.parametrize("slim_epoch", [1, 3])  # resumed after slimming; between the pruning step and slimming
+def test_an_interrupted_fit_with_channel_pruning_resumes_from_its_checkpoint(tmp_path, slim_epoch):
+    pruning, module, epochs = fit_interrupted_then_resumed(
+        tmp_path, lambda: ChannelPruning(InputL1(), amount=0.5, mode="channels", slim_epoch=slim_epoch))
+    assert epochs == [2, 3]  # resumed, not restarted
+    assert pruning.structure == {"conv1": 6, "conv2": 8}
+    assert (module.conv1.out_channels, module.conv2.in_channels, module.fc.in_features) == (6, 6, 8)
+
+
+def test_an_interrupted_fit_with_connection_pruning_resumes_with_its_masks(tmp_path):
+    record = RecordDensity()
+    pruning, module, epochs = fit_interrupted_then_resumed(
+        tmp_path, lambda: ConnectionPruning(ConnectionCriterion("magnitude"), amount=0.8, schedule="equal",
+                                            start_epoch=0, end_epoch=3, steps=2))
+    assert epochs == [2, 3]
+    record.on_train_epoch_end(None, module)
+    assert record.density == pytest.approx([0.2], abs=2e-3)  # the step at epoch 3 built on the restored masks
+    assert not any(name.endswith("_orig") for name, _ in module.named_parameters())
 
 
 class NoStep(pl.Callback):
