@@ -6,15 +6,18 @@ bfloat16 autocast (``trainer.precision=bf16-mixed``) and, for sweeps, two one-th
 two-thread job (images/s of the whole machine).
 
     DATA_DIR=../shared/datasets python -m benchmarks.train_throughput [--repeats 2] [--batches N] [--warmup 3]
+        [--clock wall|cpu] [--networks lenet5] [--no-compile]
 
 Steady state only: the first ``--warmup`` batches (allocator warm-up, compilation) are not timed, nor is the
 Trainer's set-up. Each figure is the best of ``--repeats`` rounds in which every measurement runs once in turn
 (interference only ever slows a run down, and drift hits every figure of a round alike);
 the timed batches default to about ten seconds of training per measurement (bfloat16 autocast, an order of magnitude
 slower where the CPU has no bf16 units, is measured once on a twelfth of them). Without the datasets under
-DATA_DIR, synthetic images of the same shapes are used. Last line: JSON with ``lightning_over_plain_<network>``
-(the current configuration against the plain loop in the same memory format; goal: at least 0.95),
-``best_over_current_<network>`` and every measured images/s."""
+DATA_DIR, synthetic images of the same shapes are used. ``--clock cpu`` counts this process's CPU seconds instead
+of wall seconds, for a machine that other jobs keep busy (the side-by-side machine rows are then left out). Last
+line: JSON with ``lightning_over_plain_<network>`` (the current configuration against the plain loop in the same
+memory format; goal: at least 0.95), ``bare_lightning_over_plain_<network>`` (the same without callbacks and
+loggers: what Lightning's own loop costs), ``best_over_current_<network>`` and every measured images/s."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +50,9 @@ SETTINGS = {
     "compile": ["model.compile=true"],
     "compile+channels_last": ["model.compile=true", "model.channels_last=true"],
     "bf16_autocast": ["trainer.precision=bf16-mixed"],
+    # not a speed setting: the current configuration without callbacks (progress bar, checkpoints, model summary)
+    # and loggers, which leaves Lightning's own training loop as the only difference from the plain loop
+    "bare": ["callbacks=none", "logger=none"],
 }
 
 
@@ -85,37 +91,44 @@ def config(network: str, setting: list[str], batches: int):
         Path(tempfile.mkdtemp(prefix="train_throughput-")))
 
 
-class StepClock(pl.Callback):
-    """Wall time from the start of training batch ``warmup`` to the end of the last one."""
+#: what a measurement's seconds are: wall time, or the CPU time of this process (all its threads), which other
+#: processes on a shared machine inflate far less
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
+
+class StepClock(pl.Callback):
+    """``clock`` time from the start of training batch ``warmup`` to the end of the last one."""
+
+    def __init__(self, warmup: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.warmup, self.clock, self.start, self.end, self.batches = warmup, clock, None, None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.start = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
-            self.end, self.batches = time.perf_counter(), self.batches + 1
+            self.end, self.batches = self.clock(), self.batches + 1
 
 
-def lightning_images_per_s(network: str, setting: list[str], batches: int, warmup: int) -> float:
+def lightning_images_per_s(network: str, setting: list[str], batches: int, warmup: int,
+                           clock: Callable[[], float] = time.perf_counter) -> float:
     """Steady-state training images/s of ImageClassifier in the Trainer train.py builds."""
     batch_size = NETWORKS[network][1]
     data = datamodule(network, batch_size)
     cfg = config(network, setting, batches + warmup)
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    clock = StepClock(warmup)
+    steps = StepClock(warmup, clock)
     trainer = build_trainer(cfg)
-    trainer.callbacks.append(clock)
+    trainer.callbacks.append(steps)
     trainer.fit(model, datamodule=data)
-    return clock.batches * batch_size / (clock.end - clock.start)
+    return steps.batches * batch_size / (steps.end - steps.start)
 
 
 def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: bool = False,
-                       compile_net: bool = False, bf16: bool = False) -> float:
+                       compile_net: bool = False, bf16: bool = False,
+                       clock: Callable[[], float] = time.perf_counter) -> float:
     """Steady-state training images/s of the same network, data, augmentation and optimizer in a plain loop."""
     batch_size = NETWORKS[network][1]
     data = datamodule(network, batch_size)
@@ -131,7 +144,7 @@ def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: b
     start, done = None, 0
     for i in range(batches + warmup):
         if i == warmup:
-            start = time.perf_counter()
+            start = clock()
         images, labels = next(loader)
         x = data.transform_batch(images, train=True).contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
@@ -140,7 +153,7 @@ def plain_images_per_s(network: str, batches: int, warmup: int, channels_last: b
         loss.backward()
         optimizer.step()
         done += i >= warmup
-    return done * batch_size / (time.perf_counter() - start)
+    return done * batch_size / (clock() - start)
 
 
 def current_uses_channels_last(network: str) -> bool:
@@ -167,6 +180,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings (quick runs)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (for a machine other jobs share; no machine rows)")
     parser.add_argument("--plain-only", choices=list(NETWORKS), help=argparse.SUPPRESS)  # one process of a sweep
     args = parser.parse_args()
     if args.plain_only:
@@ -182,7 +197,8 @@ def main() -> None:
                 best[name] = max(best.get(name, 0.0), measure())
         return best
 
-    figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(),
+    clock = CLOCKS[args.clock]
+    figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(), "clock": args.clock,
                                              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     rows = []
     for network in args.networks:
@@ -190,29 +206,35 @@ def main() -> None:
         slow = max(2, n // 12)
         reference = "channels_last" if current_uses_channels_last(network) else "contiguous"
         timed = {
-            "plain/contiguous": lambda: plain_images_per_s(network, n, args.warmup),
-            "plain/channels_last": lambda: plain_images_per_s(network, n, args.warmup, channels_last=True),
+            "plain/contiguous": lambda: plain_images_per_s(network, n, args.warmup, clock=clock),
+            "plain/channels_last": lambda: plain_images_per_s(network, n, args.warmup, channels_last=True,
+                                                              clock=clock),
             **({} if args.no_compile else
-               {"plain/compile": lambda: plain_images_per_s(network, n, args.warmup, compile_net=True)}),
-            **{f"lightning/{name}": (lambda setting=setting: lightning_images_per_s(network, setting, n, args.warmup))
+               {"plain/compile": lambda: plain_images_per_s(network, n, args.warmup, compile_net=True, clock=clock)}),
+            **{f"lightning/{name}": (lambda setting=setting: lightning_images_per_s(network, setting, n, args.warmup,
+                                                                                    clock))
                for name, setting in SETTINGS.items() if "bf16" not in name
                and not (args.no_compile and "compile" in name)},
-            **{f"machine/{jobs}x{2 // jobs}": (lambda jobs=jobs: machine_images_per_s(network, jobs, n, args.warmup))
-               for jobs in (1, 2)},
+            **({} if args.clock == "cpu" else
+               {f"machine/{jobs}x{2 // jobs}": (lambda jobs=jobs: machine_images_per_s(network, jobs, n, args.warmup))
+                for jobs in (1, 2)}),
         }
         measured = round_robin(timed)
         # bfloat16 autocast: an order of magnitude slower without bf16 units, measured once on fewer batches
-        measured["plain/bf16_autocast"] = plain_images_per_s(network, slow, 1, bf16=True)
-        measured["lightning/bf16_autocast"] = lightning_images_per_s(network, SETTINGS["bf16_autocast"], slow, 1)
+        measured["plain/bf16_autocast"] = plain_images_per_s(network, slow, 1, bf16=True, clock=clock)
+        measured["lightning/bf16_autocast"] = lightning_images_per_s(network, SETTINGS["bf16_autocast"], slow, 1,
+                                                                     clock)
         plain = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("plain/")}
         lightning = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("lightning/")}
         machine = {k.split("/")[1]: v for k, v in measured.items() if k.startswith("machine/")}
         # like with like: the plain loop in the memory format the current configuration trains in
         figures[f"lightning_over_plain_{network}"] = round(lightning["current"] / plain[reference], 3)
-        winner = max(lightning, key=lightning.get)
+        figures[f"bare_lightning_over_plain_{network}"] = round(lightning["bare"] / plain[reference], 3)
+        winner = max((name for name in lightning if name != "bare"), key=lightning.get)
         figures[f"best_setting_{network}"] = winner
         figures[f"best_over_current_{network}"] = round(lightning[winner] / lightning["current"], 3)
-        figures[f"two_jobs_over_one_{network}"] = round(machine["2x1"] / machine["1x2"], 3)
+        if machine:
+            figures[f"two_jobs_over_one_{network}"] = round(machine["2x1"] / machine["1x2"], 3)
         for kind, values in (("plain", plain), ("lightning", lightning), ("machine", machine)):
             for name, value in values.items():
                 figures[f"{network}/{kind}/{name}"] = round(value, 1)
@@ -221,8 +243,9 @@ def main() -> None:
     print(f"{'network':10s}{'loop':11s}{'setting':24s}{'images/s':>10s}")
     for network, kind, name, value in rows:
         print(f"{network:10s}{kind:11s}{name:24s}{value:>10.1f}")
-    print(f"(CPU {figures['cpu_capability']}, {figures['threads']} threads; 'machine': jobs x threads per job, plain "
-          f"loops side by side, images/s summed)")
+    print(f"(CPU {figures['cpu_capability']}, {figures['threads']} threads, {args.clock} clock; 'machine': jobs x "
+          f"threads per job, plain loops side by side, images/s summed; 'bare': Lightning without callbacks and "
+          f"loggers)")
     print_json(figures)
 
 

@@ -40,6 +40,7 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, tmp_path):
         assert figures["memory_flat"] is True  # the statistics state does not grow with the number of images
     if name == "train_throughput":  # the best setting is one of those measured, the current one included
         assert figures["best_over_current_lenet5"] >= 1 and figures["lenet5/machine/2x1"] > 0
+        assert figures["best_setting_lenet5"] != "bare" and figures["bare_lightning_over_plain_lenet5"] > 0
     if name == "job_time_budget":  # a share of the wall time; the network ran forward and backward
         assert 0 < figures[key] < 1 and figures["forward_s"] > 0 and figures["backward_s"] > 0
         assert figures["phase/finetune"] > 0
