@@ -156,6 +156,9 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = (), reference: str | None 
                 row[optional] = mean_std([m[optional] for m in members])
         if paired.get(key):
             row["vs_reference"] = (*mean_std(paired[key]), len(paired[key]))
+        if all(m.get("channels_before") for m in members):
+            row["kept"] = {layer: statistics.fmean(m["channels_after"][layer] / m["channels_before"][layer]
+                                                   for m in members) for layer in members[0]["channels_before"]}
         if all("phase_s" in m for m in members):
             per_run = [grouped_phases(m) for m in members]
             row["phases"] = {k: statistics.fmean(p[k] for p in per_run) for k in per_run[0]}
@@ -212,7 +215,26 @@ def markdown_table(rows: list[dict], reference: str | None = None) -> str:
         if timed:
             line += f" {r['wall_s'][0] / 60:.1f} |" if "wall_s" in r else " - |"
         lines.append(line)
-    return "\n".join(lines) + "\n" + phase_table(rows)
+    return "\n".join(lines) + "\n" + kept_table(rows) + phase_table(rows)
+
+
+def kept_table(rows: list[dict]) -> str:
+    """Fraction of every layer kept (channels, or connections for connection pruning), mean over the row's runs;
+    rows whose runs name other layers are left out."""
+    rows = [r for r in rows if "kept" in r]
+    if not rows:
+        return ""
+    layers = list(rows[0]["kept"])
+    rows = [r for r in rows if list(r["kept"]) == layers]
+    by = rows[0]["by"]
+    unit = "connections" if str(rows[0]["scope"]).startswith("connection") else "channels"
+    lines = ["", f"Fraction of each layer's {unit} kept (mean over runs):", "",
+             "| metric | scope | target | " + "".join(f"{k} | " for k in by) + " | ".join(layers) + " |",
+             "|" + "---|" * (3 + len(by) + len(layers))]
+    for r in rows:
+        lines.append(f"| {r['metric']} | {r['scope']} | {r['target']} | " + "".join(f"{r[k]} | " for k in by)
+                     + " | ".join(f"{r['kept'][layer]:.2f}" for layer in layers) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def phase_table(rows: list[dict]) -> str:

@@ -187,3 +187,14 @@ def test_report_shows_each_baseline_once_with_its_plateau_gain_and_curve_plot(tm
     assert "| SimpleNet | cifar10 | 0 | 5 | 72.00 | 72.00 | 2.00 | 80.00 | 4 |" in text  # every seed-0 run shares it
     assert "| SimpleNet | cifar10 | 1 | 5 | 66.00 | 66.00 | 0.00 | 80.00 | 4 |" in text
     assert (tmp_path / "page_baselines.png").stat().st_size > 1000 and "vs mi, paired (points)" in text
+
+
+def test_kept_table_averages_each_layer_over_the_runs_of_a_row():
+    base = {"metric": "cep", "scope": "connection/global", "schedule": "iterative", "target": 0.84,
+            "acc_baseline": 0.99, "acc_pruned": 0.98, "acc_finetuned": 0.99, "params_remaining": 0.16,
+            "flops_remaining": 0.4, "channels_before": {"conv1": 500, "fc": 1000}}
+    runs = [dict(base, seed=0, channels_after={"conv1": 450, "fc": 100}),
+            dict(base, seed=1, channels_after={"conv1": 400, "fc": 140})]
+    text = markdown_table(aggregate(runs))
+    assert "Fraction of each layer's connections kept" in text and "| conv1 | fc |" in text
+    assert "| cep | connection/global | 0.84 | 0.85 | 0.12 |" in text  # (0.9 + 0.8) / 2, (0.1 + 0.14) / 2
