@@ -1,8 +1,11 @@
 """Shared helpers of the benchmark scripts: timing, data choice, the closing JSON line."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +66,13 @@ def compose(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir / "logs")
     return cfg
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary directory for a measured run's outputs, removed when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def print_json(figures: dict) -> None:

@@ -11,15 +11,13 @@ Goal: under 10% outside the network. Last line: JSON with ``outside_network_shar
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from hydra.utils import get_class
 
-from benchmarks.common import compose, print_json
+from benchmarks.common import compose, print_json, scratch_dir
 from infoprune.pipeline import prune
 
 
@@ -52,7 +50,7 @@ def main() -> None:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(__doc__)
         return
-    out = Path(tempfile.mkdtemp(prefix="job_time_budget-"))
+    out = scratch_dir("job_time_budget-")
     cfg = compose("prune", overrides, out)
     network = get_class(cfg.model.net._target_)
     totals = {"forward_s": 0.0, "backward_s": 0.0}

@@ -24,7 +24,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import SyntheticCIFAR, cifar_datamodule, compose, print_json
+from benchmarks.common import SyntheticCIFAR, cifar_datamodule, compose, print_json, scratch_dir
 from infoprune.builders import build_model
 from infoprune.datamodules import InMemoryImageDataModule, MNISTDataModule
 from infoprune.training import build_trainer
@@ -88,7 +87,7 @@ def config(network: str, setting: list[str], batches: int):
     return compose("train", overrides + setting + [
         "trainer.max_epochs=1", f"+trainer.limit_train_batches={batches}", "+trainer.limit_val_batches=0",
         "trainer.accelerator=cpu", f"datamodule.batch_size={batch_size}", "test=false"],
-        Path(tempfile.mkdtemp(prefix="train_throughput-")))
+        scratch_dir("train_throughput-"))
 
 
 #: what a measurement's seconds are: wall time, or the CPU time of this process (all its threads), which other
