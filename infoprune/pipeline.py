@@ -34,7 +34,7 @@ from infoprune.models.classifier import ImageClassifier, count_flops, count_para
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
 from infoprune.pruning.cost import output_positions
-from infoprune.pruning.distributed import rank_and_world_size
+from infoprune.pruning.distributed import barrier, rank_and_world_size
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import Entropy, MutualInformation
 from infoprune.pruning.schedule import PruningStep, plan_schedule
@@ -202,6 +202,7 @@ class PruningRun:
             self.fit(model, "baseline", self.cfg.trainer.max_epochs, ckpt_path=resume and str(resume),
                      callbacks=[curve], checkpoint_dir=partial)
             self.baseline_curve = curve.values
+            barrier()  # every process has read the best checkpoint before rank 0 removes it
             if cache is not None and self.is_global_zero():
                 save_weights_checkpoint(model, cache)
                 atomic_write_text(cache.with_suffix(".json"), json.dumps({"val_acc": curve.values}))

@@ -1,4 +1,4 @@
-"""Reductions of statistics across processes (no-ops outside ``torch.distributed``)."""
+"""Reductions of statistics across processes, and a barrier (no-ops outside ``torch.distributed``)."""
 from __future__ import annotations
 
 import torch
@@ -20,3 +20,9 @@ def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
 
 def rank_and_world_size() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def barrier() -> None:
+    """Wait until every process gets here."""
+    if is_distributed():
+        dist.barrier()
