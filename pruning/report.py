@@ -3,7 +3,9 @@ metric, scope, schedule and target, best fine-tuned accuracy first) and a plot (
 parameters remaining, one line per metric; one panel after fine-tuning, one right after pruning; bars when there is a
 single target). Written next to the first sweep, or to ``--out <prefix>`` (``<prefix>.md`` and ``<prefix>.png``).
 ``--reference <metric>`` adds each row's accuracy difference to that metric on the same seeds (paired); baselines
-that recorded their validation curve get a plateau table and a plot of the curves.
+that recorded their validation curve get a plateau table and a plot of the curves. With one ``--by`` key (e.g.
+``finetune.max_epochs``) the page also ranks the metrics at each of its values, with Kendall's tau between
+consecutive rankings (does the order still change with a longer fine-tune?).
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import matplotlib
 from omegaconf import OmegaConf
+from scipy import stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -215,7 +218,38 @@ def markdown_table(rows: list[dict], reference: str | None = None) -> str:
         if timed:
             line += f" {r['wall_s'][0] / 60:.1f} |" if "wall_s" in r else " - |"
         lines.append(line)
-    return "\n".join(lines) + "\n" + kept_table(rows) + phase_table(rows)
+    return "\n".join(lines) + "\n" + ranking_table(rows) + kept_table(rows) + phase_table(rows)
+
+
+def ranking_table(rows: list[dict]) -> str:
+    """With one ``--by`` key (a fine-tuning length, say): every metric's rank by mean final accuracy at each of its
+    values (1 = best), per scope, schedule and target, and Kendall's tau between the rankings at consecutive values
+    over the metrics ranked at both (1: the same order; scipy's tau-b, ties allowed)."""
+    if not rows or len(rows[0]["by"]) != 1:
+        return ""
+    key = rows[0]["by"][0]
+    settings: dict[tuple, dict[object, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        accuracy = r["acc_finetuned"][0] if r["finetuned"] else r["acc_pruned"][0]
+        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = accuracy
+    lines = []
+    for (scope, schedule, target), by_value in settings.items():
+        values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
+        if len(values) < 2:
+            continue
+        ranks = {v: {m: 1 + sorted(by_value[v].values(), reverse=True).index(a) for m, a in by_value[v].items()}
+                 for v in values}
+        metrics = sorted(ranks[values[-1]], key=ranks[values[-1]].get)
+        metrics += sorted({m for v in values for m in ranks[v]} - set(metrics))
+        lines += ["", f"Rank by accuracy at each {key} ({scope}, {schedule}, target {target}; 1 = best):", "",
+                  "| metric | " + " | ".join(f"{v}" for v in values) + " |", "|" + "---|" * (1 + len(values))]
+        lines += [f"| {m} | " + " | ".join(str(ranks[v].get(m, "-")) for v in values) + " |" for m in metrics]
+        for a, b in zip(values, values[1:]):
+            shared = sorted(set(ranks[a]) & set(ranks[b]))
+            tau = stats.kendalltau([ranks[a][m] for m in shared], [ranks[b][m] for m in shared]).statistic
+            lines.append(f"\nKendall's tau between the rankings at {key} {a} and {b}: {tau:.2f} "
+                         f"({len(shared)} metrics)")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def kept_table(rows: list[dict]) -> str:

@@ -198,3 +198,16 @@ def test_kept_table_averages_each_layer_over_the_runs_of_a_row():
     text = markdown_table(aggregate(runs))
     assert "Fraction of each layer's connections kept" in text and "| conv1 | fc |" in text
     assert "| cep | connection/global | 0.84 | 0.85 | 0.12 |" in text  # (0.9 + 0.8) / 2, (0.1 + 0.14) / 2
+
+
+def test_ranking_table_ranks_each_fine_tuning_length_and_counts_agreeing_pairs():
+    base = {"scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8, "acc_pruned": 0.3,
+            "params_remaining": 0.3, "flops_remaining": 0.3, "seed": 0}
+    accs = {1: {"a": 0.70, "b": 0.60, "c": 0.50}, 3: {"a": 0.72, "b": 0.73, "c": 0.55}}
+    runs = [dict(base, metric=m, acc_finetuned=acc, finetune_epochs=e, **{"finetune.max_epochs": e})
+            for e, by_metric in accs.items() for m, acc in by_metric.items()]
+    text = markdown_table(aggregate(runs, by=("finetune.max_epochs",)))
+    assert "Rank by accuracy at each finetune.max_epochs" in text and "| metric | 1 | 3 |" in text
+    assert "| b | 2 | 1 |" in text and "| a | 1 | 2 |" in text and "| c | 3 | 3 |" in text
+    # pairs (a, b) swap, (a, c) and (b, c) keep their order: (2 - 1) / 3
+    assert "Kendall's tau between the rankings at finetune.max_epochs 1 and 3: 0.33 (3 metrics)" in text
