@@ -2,6 +2,7 @@
 uint8 cache, and ImageNet, streamed through PIL transforms."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -87,8 +88,18 @@ class CIFAR10JPEGDataModule(InMemoryImageDataModule):
             raise missing_data_error(self.name, self.data_dir, [self.archive, f"{self.folder}/{{train,test}}/<class>/*.jpg"])
 
     def cache_file(self) -> Path:
-        stat = self.source().stat()
-        return self.cache_dir / f"{self.folder}-{stat.st_size}-{stat.st_mtime_ns}.pt"
+        """``<cache_dir>/<folder>-<key>.pt``: for an archive the key is its content's SHA-1 (a copy of the same
+        archive, e.g. a data directory re-created with new timestamps, reuses the decoded images); for an
+        extracted folder, its size and modification time."""
+        source = self.source()
+        if source.is_file():
+            if getattr(self, "_archive_digest", (None,))[0] != source:
+                self._archive_digest = (source, file_sha1(source))
+            key = self._archive_digest[1]
+        else:
+            stat = source.stat()
+            key = f"{stat.st_size}-{stat.st_mtime_ns}"
+        return self.cache_dir / f"{self.folder}-{key}.pt"
 
     def prepare_data(self) -> None:
         self.check_files()
@@ -100,6 +111,15 @@ class CIFAR10JPEGDataModule(InMemoryImageDataModule):
         if not self.cache_file().exists():
             self.prepare_data()
         return torch.load(self.cache_file())["train" if train else "test"]
+
+
+def file_sha1(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-1 of a file's bytes."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ImageNetDataModule(ImageDataModule):

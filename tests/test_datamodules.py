@@ -2,6 +2,7 @@
 batch augmentation; clear errors for missing data and bad paths."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -102,9 +103,13 @@ def test_cifar10_jpeg_decodes_archive_once_into_cache(tmp_path, monkeypatch):
         raise AssertionError("the archive was decoded a second time")
 
     monkeypatch.setattr(image_folder, "decode_image_folder", no_second_decode)
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))  # a re-created copy
     again = CIFAR10JPEGDataModule(data_dir=tmp_path, cache_dir=tmp_path / "cache", val_fraction=0.5)
-    again.prepare_data(), again.setup()  # a second datamodule reads the cache
+    again.prepare_data(), again.setup()  # a second datamodule reads the cache: same bytes, same cache
     assert cache[0].stat().st_mtime_ns == written and len(again.train_set) == 30
+    data_writers.write_cifar10_jpeg_archive(tmp_path / "other", train_per_class=7)  # other images: another cache
+    assert CIFAR10JPEGDataModule(data_dir=tmp_path / "other", cache_dir=tmp_path / "cache").cache_file() != cache[0]
     images, labels = check_splits(dm, 60, 20, 3, 32, 10)
     assert labels.tolist() == sorted(labels.tolist())  # test split in ImageFolder order: class by class
     assert labels.bincount().tolist() == [2] * 10
