@@ -32,6 +32,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
 OPTIONAL = ("storage_reduction", "wall_s")
+#: a baseline whose best validation accuracy rose less than this over its last 20% of epochs is on its plateau
+PLATEAU_GAIN = 0.005
 #: how the phases in results.json's ``phase_s`` are grouped in the report's time table, in pipeline order
 PHASE_GROUPS = ("baseline", "statistics", "selection and slimming", "fine-tunes between steps",
                 "BatchNorm re-estimation", "final fine-tune", "tests")
@@ -313,14 +315,16 @@ def baseline_rows(runs: list[dict]) -> list[dict]:
 
 def baseline_table(rows: list[dict]) -> str:
     """The baselines the runs started from, and whether their training reached its plateau."""
-    lines = ["", "Baselines (validation accuracy in %; gain: best over the last 20% of epochs minus best before):",
+    lines = ["", "Baselines (validation accuracy in %; gain: best over the last 20% of epochs minus best before; "
+             f"on its plateau: a gain under {100 * PLATEAU_GAIN:.1f} points):",
              "", "| network | data | seed | epochs | val, last epoch | val, best | gain over the last 20% (points) "
-             "| test | runs |", "|" + "---|" * 9]
+             "| on its plateau | test | runs |", "|" + "---|" * 10]
     for r in rows:
         curve = r["curve"]
+        gain = plateau_gain(curve)
         lines.append(f"| {r['network']} | {r['datamodule']} | {r['seed']} | {len(curve)} | {100 * curve[-1]:.2f} | "
-                     f"{100 * max(curve):.2f} | {100 * plateau_gain(curve):.2f} | {100 * r['acc_test']:.2f} | "
-                     f"{r['runs']} |")
+                     f"{100 * max(curve):.2f} | {100 * gain:.2f} | {'yes' if gain < PLATEAU_GAIN else 'no'} | "
+                     f"{100 * r['acc_test']:.2f} | {r['runs']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -184,8 +184,8 @@ def test_report_shows_each_baseline_once_with_its_plateau_gain_and_curve_plot(tm
                                         baseline_val_acc=curves[run["seed"]])))
     table, _ = write_report(*dirs, out=tmp_path / "page", reference="mi")
     text = table.read_text()
-    assert "| SimpleNet | cifar10 | 0 | 5 | 72.00 | 72.00 | 2.00 | 80.00 | 4 |" in text  # every seed-0 run shares it
-    assert "| SimpleNet | cifar10 | 1 | 5 | 66.00 | 66.00 | 0.00 | 80.00 | 4 |" in text
+    assert "| SimpleNet | cifar10 | 0 | 5 | 72.00 | 72.00 | 2.00 | no | 80.00 | 4 |" in text  # every seed-0 run
+    assert "| SimpleNet | cifar10 | 1 | 5 | 66.00 | 66.00 | 0.00 | yes | 80.00 | 4 |" in text
     assert (tmp_path / "page_baselines.png").stat().st_size > 1000 and "vs mi, paired (points)" in text
 
 
