@@ -346,6 +346,28 @@ def curve_plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def paired_plot(rows: list[dict], reference: str, path: Path) -> Path:
+    """Every row's paired difference to ``reference`` (mean ± std over seeds, in points), one horizontal bar per
+    row, grouped by target (and ``--by`` values): which criteria differ from the reference by more than their seed
+    spread."""
+    rows = [r for r in rows if "vs_reference" in r and r["metric"] != reference]
+    rows = sorted(rows, key=lambda r: (r["target"], *(str(r[k]) for k in r["by"]), r["vs_reference"][0]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(rows)))
+    y = list(range(len(rows)))
+    ax.errorbar([100 * r["vs_reference"][0] for r in rows], y, xerr=[100 * r["vs_reference"][1] for r in rows],
+                fmt="o", capsize=3, color="C0")
+    ax.axvline(0, color="k", linestyle=":")
+    extra = [", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in r["by"]) for r in rows]
+    ax.set_yticks(y, [f"{r['metric']} (target {r['target']}{', ' + e if e else ''})" for r, e in zip(rows, extra)],
+                  fontsize=8)
+    ax.set_xlabel(f"accuracy minus {reference}'s on the same seed (points), mean ± std over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def bar_plot(rows: list[dict], path: Path) -> Path:
     """One target: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
     fine-tuning for the rows that were fine-tuned."""
@@ -432,6 +454,9 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
               "mean ± std over the seeds both ran (their number in brackets).") if reference else ""
     text = (lead + f"Test accuracy in %, mean ± std over seeds.{paired}\n\n" + markdown_table(rows, reference)
             + f"\n![accuracy vs parameters]({figure.name})\n")
+    if reference and any("vs_reference" in r and r["metric"] != reference for r in rows):
+        paired_figure = paired_plot(rows, reference, prefix.with_name(f"{prefix.name}_paired.png"))
+        text += f"\n![paired differences to {reference}]({paired_figure.name})\n"
     baselines = baseline_rows(runs)
     if baselines:
         curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))

@@ -187,6 +187,7 @@ def test_report_shows_each_baseline_once_with_its_plateau_gain_and_curve_plot(tm
     assert "| SimpleNet | cifar10 | 0 | 5 | 72.00 | 72.00 | 2.00 | no | 80.00 | 4 |" in text  # every seed-0 run
     assert "| SimpleNet | cifar10 | 1 | 5 | 66.00 | 66.00 | 0.00 | yes | 80.00 | 4 |" in text
     assert (tmp_path / "page_baselines.png").stat().st_size > 1000 and "vs mi, paired (points)" in text
+    assert (tmp_path / "page_paired.png").stat().st_size > 1000 and "(page_paired.png)" in text
 
 
 def test_kept_table_averages_each_layer_over_the_runs_of_a_row():
