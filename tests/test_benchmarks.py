@@ -50,3 +50,18 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, tmp_path):
                                                                    abs=2e-3)
         for network in ("resnet18", "mobilenet_v2"):  # half the FLOPs removed, within one channel of a group
             assert 2.0 <= figures[f"flop_ratio_{network}"] < 2.1 and figures[f"speedup_over_flop_ratio_{network}"] > 0
+
+
+def test_train_throughput_times_with_the_clock_it_is_given(monkeypatch):
+    """A clock that ticks once per reading: the plain loop reads it at the start and the end of the timed batches,
+    the Lightning measurement at the first timed batch's start and every timed batch's end."""
+    from benchmarks.train_throughput import lightning_images_per_s, plain_images_per_s
+
+    monkeypatch.delenv("DATA_DIR", raising=False)  # synthetic MNIST-shaped images
+
+    def ticking():
+        ticks = iter(range(1, 1000))
+        return lambda: float(next(ticks))
+
+    assert plain_images_per_s("lenet5", 3, 1, clock=ticking()) == 3 * 64  # 3 batches of 64 in one tick
+    assert lightning_images_per_s("lenet5", [], 3, 1, ticking()) == 3 * 64 / 3  # ticks 1 -> 4
