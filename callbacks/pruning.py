@@ -346,7 +346,8 @@ class ChannelPruning(ScheduledPruning):
         """Slim the network to the checkpoint's widths (its weights then load into it)."""
         if not saved.get("structure"):
             return
-        example = torch.zeros(saved["example_shape"], device=pl_module.device)
+        shape = saved.get("example_shape")  # absent from checkpoints of older versions: the module's own example
+        example = torch.zeros(shape, device=pl_module.device) if shape else self.example(pl_module)
         slim_to_widths(self.net(pl_module), saved["structure"], example)
         self.structure = dict(saved["structure"])
         if "structure" in getattr(pl_module, "hparams", {}):
