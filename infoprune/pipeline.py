@@ -184,7 +184,10 @@ class PruningRun:
         if self.cfg.get("ckpt_path"):
             return model
         cache = baseline_cache_file(self.cfg)
+        asked = time.perf_counter()
         with baseline_lock(cache, enabled=cache is not None and "ddp" not in str(self.cfg.trainer.get("strategy"))):
+            if cache is not None:  # another job of the sweep may have held the lock while it trained this baseline
+                self.phases["baseline_wait"] = time.perf_counter() - asked
             if cache is not None and cache.exists():
                 log.info("baseline from the cache: %s", cache)
                 checkpoint = read_checkpoint(str(cache))

@@ -35,8 +35,8 @@ OPTIONAL = ("storage_reduction", "wall_s")
 #: a baseline whose best validation accuracy rose less than this over its last 20% of epochs is on its plateau
 PLATEAU_GAIN = 0.005
 #: how the phases in results.json's ``phase_s`` are grouped in the report's time table, in pipeline order
-PHASE_GROUPS = ("baseline", "statistics", "selection and slimming", "fine-tunes between steps",
-                "BatchNorm re-estimation", "final fine-tune", "tests")
+PHASE_GROUPS = ("waiting for a shared baseline", "baseline", "statistics", "selection and slimming",
+                "fine-tunes between steps", "BatchNorm re-estimation", "final fine-tune", "tests")
 
 
 def phase_group(phase: str) -> str:
@@ -49,7 +49,8 @@ def phase_group(phase: str) -> str:
         return "selection and slimming"
     if phase.startswith("step_") and phase.endswith("_finetune"):
         return "fine-tunes between steps"
-    return {"baseline": "baseline", "finetune": "final fine-tune", "recalibration": "BatchNorm re-estimation"}[phase]
+    return {"baseline": "baseline", "baseline_wait": "waiting for a shared baseline", "finetune": "final fine-tune",
+            "recalibration": "BatchNorm re-estimation"}[phase]
 
 
 def grouped_phases(run: dict) -> dict[str, float]:

@@ -351,6 +351,7 @@ def test_baseline_cache_trains_each_baseline_once_and_resumes_an_interrupted_tra
     second = run_prune(tmp_path, base + ["pruning/metric=mi", "pruning.target=0.3"], "second")
     assert not (tmp_path / "second" / "baseline").exists()  # reused, not retrained
     assert second["acc_baseline"] == first["acc_baseline"] and second["baseline_val_acc"] == curve
+    assert "baseline_wait" in second["phase_s"]  # time spent on the cache's lock (another job training it)
     run_prune(tmp_path, base + ["pruning/metric=mi", "seed=1"], "other_seed")
     assert len(list(cache.glob("*.ckpt"))) == 2  # another seed is another baseline
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infoprune.pruning.report import aggregate, label, load_runs, markdown_table, plateau_gain, write_report
+from infoprune.pruning.report import (
+    aggregate,
+    grouped_phases,
+    label,
+    load_runs,
+    markdown_table,
+    plateau_gain,
+    write_report,
+)
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -212,3 +220,10 @@ def test_ranking_table_ranks_each_fine_tuning_length_and_counts_agreeing_pairs()
     assert "| b | 2 | 1 |" in text and "| a | 1 | 2 |" in text and "| c | 3 | 3 |" in text
     # pairs (a, b) swap, (a, c) and (b, c) keep their order: (2 - 1) / 3
     assert "Kendall's tau between the rankings at finetune.max_epochs 1 and 3: 0.33 (3 metrics)" in text
+
+
+def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
+    run = {"wall_s": 100.0, "phase_s": {"baseline_wait": 30.0, "baseline_test": 5.0, "finetune": 60.0}}
+    phases = grouped_phases(run)
+    assert phases["waiting for a shared baseline"] == 30.0 and phases["tests"] == 5.0
+    assert phases["other"] == pytest.approx(5.0)
