@@ -26,7 +26,13 @@ from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks, removed_channels
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
-from infoprune.pruning.selection import LAYERWISE_MODES, check_amount, keep_top, select_global, select_layerwise
+from infoprune.pruning.selection import (
+    LAYERWISE_MODES,
+    check_amount,
+    keep_top_channels,
+    select_global,
+    select_layerwise,
+)
 from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.slim import slim, slim_to_widths
 
@@ -288,7 +294,8 @@ class ChannelPruning(ScheduledPruning):
             self.allocated = allocate_widths(read_table(self.sensitivity), layers, scores,
                                              PruningCost(net, layers, example), amount, self.resource, self.mode,
                                              self.min_channels, self.round_to, exclude)
-            return {layer.name: keep_top(scores[layer.name], self.allocated[layer.name]) for layer in layers}
+            return {layer.name: keep_top_channels(layer, scores[layer.name], self.allocated[layer.name])
+                    for layer in layers}
         if self.scope == "layerwise":
             scores = {name: s.clone().index_fill_(0, removed[name], float("-inf")) if name in removed else s
                       for name, s in scores.items()}

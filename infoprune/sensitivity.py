@@ -40,7 +40,7 @@ from infoprune.pruning.cep import ConnectionCriterion  # noqa: E402
 from infoprune.pruning.cost import PruningCost  # noqa: E402
 from infoprune.pruning.layers import find_prunable_layers  # noqa: E402
 from infoprune.pruning.masks import apply_channel_masks, removed_channels  # noqa: E402
-from infoprune.pruning.selection import keep_count, keep_top  # noqa: E402
+from infoprune.pruning.selection import keep_top_channels, layer_keep_count  # noqa: E402
 from infoprune.pruning.sensitivity import check_ratios, read_rows, read_table, write_table  # noqa: E402
 from infoprune.threads import apply_job_threads  # noqa: E402
 from infoprune.validation import (  # noqa: E402
@@ -122,8 +122,9 @@ class SensitivityRun(PruningRun):
         rows = []
         pairs = [(layer, ratio) for layer in chosen for ratio in ratios]
         for layer, ratio in tqdm(pairs, desc="sensitivity", unit="point", disable=not self.is_global_zero()):
-            kept = keep_top(scores[layer.name], keep_count(layer.num_channels, ratio, cfg.sensitivity.mode,
-                                                            int(cfg.pruning.scope.min_channels), 1))
+            kept = keep_top_channels(layer, scores[layer.name],
+                                     layer_keep_count(layer, ratio, cfg.sensitivity.mode,
+                                                      int(cfg.pruning.scope.min_channels), 1))
             cost = PruningCost(model.net, layers, example)
             for channel in removed_channels(layer, kept).tolist():
                 cost.remove(layer.name, channel)

@@ -3,9 +3,10 @@
 A convolution or linear layer ``M`` costs ``out(M) * in(M) * k(M)`` weights (``k`` = kernel positions) plus its
 bias and the affine parameters of its BatchNorm per output channel, and ``2 * out(M) * in(M) * k(M) * S(M)`` FLOPs
 (``S`` = output positions), as ``torch.utils.flop_counter`` counts them. Removing channel ``c`` of a channel group
-removes every member's filter over the inputs still kept (one input per filter for a depthwise member), its bias
-and BN entries, and, in every consumer, the weights that read ``c`` over the consumer's outputs still kept; each
-weight is counted once, when the first of its two ends goes."""
+removes every member's filter over the inputs still kept (one input per filter for a depthwise member, the kept
+inputs of its own group, ``in / g``, for a grouped member), its bias and BN entries, and, in every consumer, the
+weights that read ``c`` over the consumer's outputs still kept (those of ``c``'s group, ``out / g``, in a grouped
+consumer); each weight is counted once, when the first of its two ends goes."""
 from __future__ import annotations
 
 from collections import Counter
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from infoprune.models.classifier import count_flops, count_parameters
-from infoprune.pruning.layers import PrunableLayer, preserved_modes
+from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
@@ -37,8 +38,10 @@ class PruningCost:
         self.dense_flops = self.flops = count_flops(model, example_input[:1])
         self.layers = {layer.name: layer for layer in layers}
         self.positions = output_positions(model, example_input)
+        self.groups = {m: convolution_groups(m) for m in self.positions}
         self.out_kept = {m: m.weight.shape[0] for m in self.positions}
-        self.in_kept = {m: m.weight.shape[1] for m in self.positions}
+        #: inputs still read: every input of a grouped convolution, those of one filter otherwise (1: depthwise)
+        self.in_kept = {m: m.weight.shape[1] * self.groups[m] for m in self.positions}
         self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
                       for layer in layers}
         self.removed: set[tuple[str, int]] = set()
@@ -52,11 +55,11 @@ class PruningCost:
         params = flops = 0
         for member in self.layers[name].members:
             conv = member.conv
-            per_out = self.in_kept[conv] * self._kernel(conv)
+            per_out = self.in_kept[conv] * self._kernel(conv) // self.groups[conv]
             params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
             flops += 2 * per_out * self.positions[conv]
         for module, counter in self.reads[name]:
-            inputs = counter[channel] * self.out_kept[module] * self._kernel(module)
+            inputs = counter[channel] * self.out_kept[module] * self._kernel(module) // self.groups[module]
             params += inputs
             flops += 2 * inputs * self.positions[module]
         return params, flops

@@ -3,6 +3,7 @@ channels, found with Torch-Pruning's dependency graph."""
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -63,6 +64,10 @@ class PrunableLayer:
     #: Torch-Pruning's group of the first member's output channels as the network was when the layer was found
     #: (what criteria wrapping Torch-Pruning's importance classes score); None for views of one member
     dependency_group: tp.Group | None = field(default=None, repr=False, compare=False)
+    #: ``g`` when grouped convolutions (``groups=g``, not depthwise) produce or read the channels: the channels
+    #: fall into ``g`` equal blocks and the same positions are removed from every block, so every convolution
+    #: group keeps as many channels as the others (Torch-Pruning's ``ch_groups``); 1 otherwise
+    channel_groups: int = 1
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -87,7 +92,20 @@ class PrunableLayer:
 
     def member_view(self, member: Member) -> "PrunableLayer":
         """A group of ``member`` alone with the group's consumers (what a criterion scores member by member)."""
-        return PrunableLayer(member.name, [member], self.consumers, self.self_masking)
+        return PrunableLayer(member.name, [member], self.consumers, self.self_masking,
+                             channel_groups=self.channel_groups)
+
+    def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
+        """Sorted channels of the given positions ``u`` in every block: ``u + b * C / g`` for ``b < g`` (the
+        positions themselves when ``g`` is 1)."""
+        block = self.num_channels // self.channel_groups
+        offsets = torch.arange(self.channel_groups) * block
+        return (torch.as_tensor(units, dtype=torch.long)[None, :] + offsets[:, None]).flatten().sort().values
+
+    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """One score per position ``u`` of the blocks: ``mean_b scores[u + b * C / g]`` (the scores themselves
+        when ``g`` is 1)."""
+        return scores.view(self.channel_groups, -1).mean(dim=0)
 
 
 @contextmanager
@@ -149,15 +167,22 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
+def convolution_groups(module: nn.Module) -> int:
+    """``groups`` of a grouped (not depthwise) convolution, 1 for every other layer."""
+    return module.groups if isinstance(module, nn.Conv2d) and not _is_depthwise(module) else 1
+
+
 def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
     """Every channel group that can be pruned, in module order of its first member.
 
     A group is what Torch-Pruning's dependency graph ties to a convolution's output channels: convolutions whose
     outputs are added (residual stages) and depthwise convolutions that carry the channels on. Consumers are the
     group's in-channel (or in-feature) pruning operations on ordinary convolutions and linear layers, with
-    Torch-Pruning's index mapping (several inputs per channel after a flatten). A group whose channels reach a
-    linear layer's outputs or a grouped (not depthwise) convolution, or whose members differ in width (an
-    operation the graph cannot map), is not prunable here and is left out with a warning naming it.
+    Torch-Pruning's index mapping (several inputs per channel after a flatten). Channels that grouped (not
+    depthwise) convolutions produce or read are pruned block-symmetrically (``channel_groups``: the least common
+    multiple of those convolutions' ``groups``). A group whose channels reach a linear layer's outputs, or whose
+    members differ in width (an operation the graph cannot map), is not prunable here and is left out with a
+    warning naming it.
     """
     graph = dependency_graph(model, example_input)
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
@@ -166,16 +191,12 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     reused = _called_more_than_once(model, example_input)
     layers, covered = [], set()
     for name, module in leaves:
-        if not isinstance(module, nn.Conv2d) or module in covered or module.groups != 1:
+        if not isinstance(module, nn.Conv2d) or module in covered or _is_depthwise(module):
             continue
         group = graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=list(range(module.out_channels)))
         outs = sorted({item.dep.target.module for item in group if _is_out_channel_op(item)}, key=order.get)
         covered.update(outs)
-        touched = {item.dep.target.module for item in group}
-        grouped = [names[m] for m in sorted(touched, key=lambda m: order.get(m, -1))
-                   if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
         reason = ("a linear layer's outputs" if any(isinstance(m, nn.Linear) for m in outs)
-                  else f"grouped convolution(s) {grouped}" if grouped
                   else "layers of other widths through an operation the dependency graph cannot map"
                   if len({m.out_channels for m in outs}) > 1 else None)
         if reason:
@@ -187,9 +208,11 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
             for item in group
             if item.dep.handler.__name__ == "prune_in_channels"
             and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
-            and getattr(item.dep.target.module, "groups", 1) == 1
+            and not (isinstance(item.dep.target.module, nn.Conv2d) and _is_depthwise(item.dep.target.module))
         ]
         self_masking = [item.dep.target.module for item in group if item.dep.handler.__name__ == "prune_out_channels"
                         and hasattr(item.dep.target.module, "mask_out_channels")]
-        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking, dependency_group=group))
+        channel_groups = math.lcm(*(convolution_groups(m) for m in outs + [c.module for c in consumers]))
+        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking, dependency_group=group,
+                                    channel_groups=channel_groups))
     return layers

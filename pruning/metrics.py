@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 
 from infoprune.pruning.information import entropy, mutual_information, weighted_mutual_information
-from infoprune.pruning.layers import PrunableLayer
+from infoprune.pruning.layers import PrunableLayer, convolution_groups
 from infoprune.pruning.selection import normalize_scores
 from infoprune.pruning.stats import LayerStatistics
 
@@ -53,11 +53,13 @@ def input_l1(layer: PrunableLayer) -> torch.Tensor:
 def output_l1(layer: PrunableLayer) -> torch.Tensor:
     """``sum |W'[:, c]|`` over every weight that reads channel ``c`` in the consuming layers: the next conv's input
     slice, every input feature a flatten maps the channel to in a linear layer, and, for a channel read by several
-    layers (residual additions, branches), the sum over all of them."""
+    layers (residual additions, branches), the sum over all of them; in a grouped convolution, the filters of the
+    channel's own group."""
     total = torch.zeros(layer.num_channels, dtype=torch.float64)
     for consumer in layer.consumers:
         weight = consumer.module.weight.detach().double().abs()
-        per_input = weight.sum(dim=[d for d in range(weight.dim()) if d != 1]).cpu()
+        groups = convolution_groups(consumer.module)  # input i of a grouped conv: group i // (in / g)
+        per_input = weight.unflatten(0, (groups, -1)).sum(dim=[1] + list(range(3, weight.dim() + 1))).flatten().cpu()
         total.index_add_(0, consumer.root_idxs, per_input[consumer.idxs])
     return total
 

@@ -42,6 +42,16 @@ def keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
     return order[:n].sort().values
 
 
+def keep_top_channels(layer: PrunableLayer, scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted channels of ``layer`` to keep: the ``n`` highest scores, or, where grouped convolutions split the
+    channels into ``g`` blocks (``layer.channel_groups``), the ``n / g`` positions of highest mean score
+    (``PrunableLayer.unit_scores``) in every block; ``n`` must then be a multiple of ``g``."""
+    if n % layer.channel_groups:
+        raise ValueError(f"layer {layer.name!r} keeps channels in multiples of {layer.channel_groups} (grouped "
+                         f"convolutions); {n} is not one")
+    return layer.unit_channels(keep_top(layer.unit_scores(scores), n // layer.channel_groups))
+
+
 def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, round_to: int) -> int:
     """Channels a layer keeps when pruned by ``amount``, rounded up so a layer never keeps less than asked.
 
@@ -61,6 +71,11 @@ def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, r
     return round_up_to_multiple(max(min_channels, n), round_to, num_channels)
 
 
+def layer_keep_count(layer: PrunableLayer, amount: float, mode: str, min_channels: int, round_to: int) -> int:
+    """``keep_count`` for ``layer``, also rounded up to a multiple of its ``channel_groups``."""
+    return keep_count(layer.num_channels, amount, mode, min_channels, math.lcm(round_to, layer.channel_groups))
+
+
 def select_layerwise(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], amount: float,
                      mode: str = "params", min_channels: int = 1, round_to: int = 1,
                      overrides: Mapping[str, float] | None = None, exclude: Iterable[str] = ()) -> Keep:
@@ -78,8 +93,8 @@ def select_layerwise(scores: Mapping[str, torch.Tensor], layers: list[PrunableLa
         if layer.name in exclude:
             keep[layer.name] = torch.arange(layer.num_channels)
             continue
-        n = keep_count(layer.num_channels, overrides.get(layer.name, amount), mode, min_channels, round_to)
-        keep[layer.name] = keep_top(scores[layer.name], n)
+        n = layer_keep_count(layer, overrides.get(layer.name, amount), mode, min_channels, round_to)
+        keep[layer.name] = keep_top_channels(layer, scores[layer.name], n)
     return keep
 
 
@@ -99,36 +114,40 @@ def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer
                   exclude: Iterable[str] = (), already_removed: Mapping[str, torch.Tensor] | None = None) -> Keep:
     """One ranking across layers: remove the globally lowest (normalised) scores first until at most ``target``
     of the dense ``resource`` (params or flops) remains, never going below ``min_channels`` in a layer. Channels in
-    ``already_removed`` (an earlier step of a schedule, still masked) go first, whatever their scores. Raises
-    before pruning when the target is out of reach."""
+    ``already_removed`` (an earlier step of a schedule, still masked) go first, whatever their scores. A layer whose
+    channels grouped convolutions split into ``g`` blocks is ranked by position (``PrunableLayer.unit_scores``),
+    and a position goes from every block at once. Raises before pruning when the target is out of reach."""
     exclude = list(exclude)
     if not 0.0 < float(target) <= 1.0:
         raise ValueError(f"target (fraction of {resource} remaining) must be in (0, 1], got {target}")
     check_layer_names(exclude, layers, "pruning config")
     if min_channels < 1:
         raise ValueError(f"min_channels must be at least 1 (a layer is never emptied), got {min_channels}")
+    by_name = {layer.name: layer for layer in layers}
     candidates = []
     for layer in layers:
         if layer.name in exclude:
             continue
-        normalized = normalize_scores(scores[layer.name].double(), normalization)
-        candidates += [(normalized[c].item(), layer.name, c) for c in range(layer.num_channels)]
+        normalized = layer.unit_scores(normalize_scores(scores[layer.name].double(), normalization))
+        candidates += [(normalized[u].item(), layer.name, u) for u in range(len(normalized))]
     candidates.sort()
     kept = {layer.name: layer.num_channels for layer in layers}
     removed: dict[str, set[int]] = {layer.name: set() for layer in layers}
-    for name, channels in (already_removed or {}).items():
-        for channel in channels.tolist():
+
+    def remove(name: str, channels: list[int]) -> None:
+        for channel in channels:
             cost.remove(name, channel)
             kept[name] -= 1
             removed[name].add(channel)
-    candidates = [(score, name, c) for score, name, c in candidates if c not in removed[name]]
-    for _, name, channel in candidates:
+
+    for name, channels in (already_removed or {}).items():
+        remove(name, channels.tolist())
+    candidates = [(score, name, u) for score, name, u in candidates if u not in removed[name]]
+    for _, name, unit in candidates:
         if cost.remaining(resource) <= target:
             break
-        if kept[name] > min_channels:
-            cost.remove(name, channel)
-            kept[name] -= 1
-            removed[name].add(channel)
+        if kept[name] - by_name[name].channel_groups >= min_channels:
+            remove(name, by_name[name].unit_channels([unit]).tolist())
     if cost.remaining(resource) > target:
         raise ValueError(f"target {target} of {resource} is out of reach: with {min_channels} channel(s) left in "
                          f"every prunable layer, {cost.remaining(resource):.4f} remains")

@@ -25,7 +25,7 @@ import torch
 
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer
-from infoprune.pruning.selection import check_amount, keep_count
+from infoprune.pruning.selection import check_amount, layer_keep_count
 
 COLUMNS = ("layer", "ratio", "channels", "channels_kept", "params_removed", "flops_removed", "acc", "baseline_acc",
            "metric")
@@ -93,10 +93,12 @@ def read_table(path: str | os.PathLike) -> SensitivityTable:
                             metrics.pop())
 
 
-def removal_order(scores: torch.Tensor) -> torch.Tensor:
-    """Channels in the order the layer-wise selection gives them up: lowest score first (``keep_top`` keeps the
-    first ``n`` of the reverse)."""
-    return torch.sort(-scores.double(), stable=True).indices.flip(0)
+def removal_order(layer: PrunableLayer, scores: torch.Tensor) -> list[list[int]]:
+    """The layer's channels in the order the layer-wise selection gives them up, lowest score first
+    (``keep_top`` keeps the first ``n`` of the reverse): one channel at a time, or, where grouped convolutions
+    split them into blocks, one position of every block at a time."""
+    units = torch.sort(-layer.unit_scores(scores).double(), stable=True).indices.flip(0)
+    return [layer.unit_channels(unit[None]).tolist() for unit in units]
 
 
 def allocate_widths(table: SensitivityTable, layers: list[PrunableLayer], scores: dict[str, torch.Tensor],
@@ -114,7 +116,7 @@ def allocate_widths(table: SensitivityTable, layers: list[PrunableLayer], scores
     index = {"params": 0, "flops": 1}[resource]
     state = {layer.name: (0.0, 0.0) for layer in layers}  # amount reached, its accuracy loss
     kept = {layer.name: layer.num_channels for layer in layers}
-    order = {layer.name: removal_order(scores[layer.name]).tolist() for layer in layers}
+    order = {layer.name: removal_order(layer, scores[layer.name]) for layer in layers}
     candidates = [layer for layer in layers if layer.name in table.curves and layer.name not in exclude]
 
     def reached() -> bool:
@@ -125,25 +127,26 @@ def allocate_widths(table: SensitivityTable, layers: list[PrunableLayer], scores
         for layer in candidates:
             ratio, loss = state[layer.name]
             for next_ratio, acc in table.curves[layer.name]:
-                n = keep_count(layer.num_channels, next_ratio, mode, min_channels, round_to)
+                n = layer_keep_count(layer, next_ratio, mode, min_channels, round_to)
                 if next_ratio > ratio and n < kept[layer.name]:
-                    channels = order[layer.name][: kept[layer.name] - n]
-                    removed = sum(cost.removal_cost(layer.name, c)[index] for c in channels)
+                    units = order[layer.name][: (kept[layer.name] - n) // layer.channel_groups]
+                    removed = sum(cost.removal_cost(layer.name, c)[index] for unit in units for c in unit)
                     next_loss = table.baseline_acc - acc
                     key = ((next_loss - loss) / max(removed, 1), next_loss - loss)
                     if best is None or key < best[0]:
-                        best = (key, layer.name, next_ratio, next_loss, channels)
+                        best = (key, layer.name, next_ratio, next_loss, units)
                     break
         if best is None:
             raise ValueError(f"target {target} of {resource} is out of reach with the sensitivity table's ratios "
                              f"(at most {max(r for c in table.curves.values() for r, _ in c)} of every layer): "
                              f"{cost.remaining(resource):.4f} remains")
-        _, name, next_ratio, next_loss, channels = best
-        for channel in channels:
+        _, name, next_ratio, next_loss, units = best
+        for unit in units:
             if reached():
                 break
-            cost.remove(name, channel)
-            order[name].remove(channel)
-            kept[name] -= 1
+            for channel in unit:
+                cost.remove(name, channel)
+            order[name].remove(unit)
+            kept[name] -= len(unit)
         state[name] = (next_ratio, next_loss)
     return kept

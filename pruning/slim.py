@@ -31,7 +31,8 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
 
 def slim_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> None:
     """Slim the dense ``model`` in place so that channel group ``name`` keeps its first ``widths[name]`` channels
-    (groups not named keep all): the shape of a slimmed network, rebuilt before its weights are loaded."""
+    (the first positions of every block where grouped convolutions split them; groups not named keep all): the
+    shape of a slimmed network, rebuilt before its weights are loaded."""
     layers = find_prunable_layers(model, example_input)
     found = {layer.name: layer for layer in layers}
     unknown = sorted(set(widths) - set(found))
@@ -39,8 +40,10 @@ def slim_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: t
         raise ValueError(f"the structure record names channel group(s) {unknown} this network does not have; "
                          f"its groups are {sorted(found)}")
     for name, width in widths.items():
-        if not 1 <= int(width) <= found[name].num_channels:
+        layer = found[name]
+        if not 1 <= int(width) <= layer.num_channels or int(width) % layer.channel_groups:
             raise ValueError(f"the structure record gives group {name!r} {width} channels; it has "
-                             f"{found[name].num_channels}")
-    keep = {layer.name: torch.arange(int(widths.get(layer.name, layer.num_channels))) for layer in layers}
+                             f"{layer.num_channels}, pruned in multiples of {layer.channel_groups}")
+    keep = {layer.name: layer.unit_channels(torch.arange(int(widths.get(layer.name, layer.num_channels))
+                                                         // layer.channel_groups)) for layer in layers}
     slim(model, layers, keep, example_input)

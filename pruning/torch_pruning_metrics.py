@@ -12,15 +12,19 @@ normalisation (selection normalises; ``pruning/scope``):
   group's BatchNorm layers.
 * ``fpgm`` (He et al. 2019): ``tp.importance.FPGMImportance``, ``sum_j ||v_c - v_j||_2`` over the layer's filters
   with ``v = |w|^p`` elementwise (Torch-Pruning's form; the paper takes distances between the raw filters), for
-  the output filters and for every consumer's input slices.
+  the output filters and for every consumer's input slices (but a grouped convolution's: Torch-Pruning 1.6's
+  ``FPGMImportance`` fails on them, so they are left out of the group's score).
 
 ``group_reduction`` is Torch-Pruning's reduction over the group's layers: ``mean`` (its default), ``sum``,
 ``max``, ``prod``, or ``first`` (only the first convolution's output filters, the papers' per-layer form).
 """
 from __future__ import annotations
 
+import copy
+
 import torch_pruning as tp
 
+from infoprune.pruning.layers import convolution_groups
 from infoprune.pruning.metrics import ChannelScorer
 
 TP_REDUCTIONS = ("mean", "sum", "max", "prod", "first")
@@ -40,11 +44,15 @@ class TorchPruningScorer(ChannelScorer):
     def importance(self) -> tp.importance.Importance:
         raise NotImplementedError
 
+    def scored_group(self, group: tp.Group) -> tp.Group:
+        """The part of the layer's Torch-Pruning group that the importance object scores (all of it)."""
+        return group
+
     def score(self, layer, stats):
         if layer.dependency_group is None:
             raise ValueError(f"metric {self.name!r} scores a layer through its Torch-Pruning group; {layer.name!r} "
                              f"has none (find layers with pruning.layers.find_prunable_layers)")
-        scores = self.importance()(layer.dependency_group)
+        scores = self.importance()(self.scored_group(layer.dependency_group))
         if scores is None:
             raise ValueError(f"metric {self.name!r} found nothing to score in the group of {layer.name!r}")
         return scores
@@ -91,3 +99,10 @@ class FPGM(TorchPruningScorer):
 
     def importance(self):
         return tp.importance.FPGMImportance(p=self.p, group_reduction=self.group_reduction, normalizer=None)
+
+    def scored_group(self, group: tp.Group) -> tp.Group:
+        """The group without grouped convolutions' input slices (see the module docstring)."""
+        kept = copy.copy(group)
+        kept._group = [item for item in group.items if not (item.dep.handler.__name__ == "prune_in_channels"
+                                                            and convolution_groups(item.dep.target.module) > 1)]
+        return kept

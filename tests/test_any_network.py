@@ -80,6 +80,18 @@ def test_torchvision_configs_run_on_digits_and_cifar_sized_inputs(make_cfg, mode
     assert cifar.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def assert_masked_equals_slimmed(net: nn.Module, layers: list, keep: dict, x: torch.Tensor) -> None:
+    """``net`` with the channels not in ``keep`` masked gives the outputs of ``net`` slimmed to ``keep`` (which
+    ``net`` then is)."""
+    masked = copy.deepcopy(net)
+    apply_channel_masks(find_prunable_layers(masked, x[:1]), keep)
+    with torch.no_grad():
+        expected = masked(x)
+        slim(net, layers, keep, x[:1])
+        got = net(x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 @pytest.mark.parametrize("network", sorted(GROUPED))
 def test_every_group_is_prunable_and_masked_equals_slimmed(network):
     torch.manual_seed(0)
@@ -90,13 +102,7 @@ def test_every_group_is_prunable_and_masked_equals_slimmed(network):
     assert members == {m for m in net.modules() if isinstance(m, nn.Conv2d)}  # nothing left out
     assert any(len(layer.members) > 1 for layer in layers)
     keep = select_layerwise({layer.name: RandomScore(1)(layer) for layer in layers}, layers, 0.5, mode="channels")
-    masked = copy.deepcopy(net)
-    apply_channel_masks(find_prunable_layers(masked, x[:1]), keep)
-    with torch.no_grad():
-        expected = masked(x)
-        slim(net, layers, keep, x[:1])
-        got = net(x)
-    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert_masked_equals_slimmed(net, layers, keep, x)
     assert all(layer.num_channels == len(keep[layer.name]) for layer in layers)
     assert all(m.conv.out_channels == layer.num_channels for layer in layers for m in layer.members)
 
@@ -197,12 +203,3 @@ def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
     assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["structure"] == first["channels_after"]
     again = prune(compose_config("prune", tv + [f"ckpt_path={final}"], tmp_path / "again"))
     assert again["channels_before"] == first["channels_after"]
-
-
-def test_a_grouped_convolution_is_named_not_silently_dropped(caplog):
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    with caplog.at_level("WARNING", logger="infoprune.pruning.layers"):
-        layers = find_prunable_layers(net, torch.zeros(1, 3, 16, 16))
-    assert [layer.name for layer in layers] == ["4"]  # the last conv; 0 and 2 are tied by the grouped conv
-    assert "grouped convolution(s) ['2']" in caplog.text

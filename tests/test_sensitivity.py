@@ -93,8 +93,7 @@ def test_allocation_takes_the_cheapest_loss_per_parameter_first_and_stops_at_the
     assert all(widths[n] == layer.num_channels for n, layer in zip(names, layers) if n not in curves)
     assert cost.remaining("params") <= 1.0 - target
     fresh = PruningCost(net, layers, example)  # one channel fewer would miss the target
-    removed = removal_order(scores[cheap])[: layers[wide].num_channels - widths[cheap] - 1]
-    for channel in removed.tolist():
+    for (channel,) in removal_order(layers[wide], scores[cheap])[: layers[wide].num_channels - widths[cheap] - 1]:
         fresh.remove(cheap, channel)
     assert fresh.remaining("params") > 1.0 - target
     with pytest.raises(ValueError, match="out of reach"):
