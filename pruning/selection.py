@@ -71,9 +71,21 @@ def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, r
     return round_up_to_multiple(max(min_channels, n), round_to, num_channels)
 
 
+def floor_channels(layer: PrunableLayer, min_channels: int) -> int:
+    """The fewest channels ``layer`` may keep: ``min_channels``; where grouped convolutions split its channels into
+    ``g`` blocks, also whole positions and two of them (as many as the layer has, if fewer): with one channel a
+    block, a grouped convolution whose input and output both come down to ``g`` channels would become a depthwise
+    one, which ties its input channels to its outputs and so changes the network's channel groups."""
+    g = layer.channel_groups
+    if g == 1:
+        return min_channels
+    return round_up_to_multiple(max(min_channels, min(2, layer.num_channels // g) * g), g, layer.num_channels)
+
+
 def layer_keep_count(layer: PrunableLayer, amount: float, mode: str, min_channels: int, round_to: int) -> int:
-    """``keep_count`` for ``layer``, also rounded up to a multiple of its ``channel_groups``."""
-    return keep_count(layer.num_channels, amount, mode, min_channels, math.lcm(round_to, layer.channel_groups))
+    """``keep_count`` for ``layer``: at least ``floor_channels``, rounded up to a multiple of ``channel_groups``."""
+    return keep_count(layer.num_channels, amount, mode, floor_channels(layer, min_channels),
+                      math.lcm(round_to, layer.channel_groups))
 
 
 def select_layerwise(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], amount: float,
@@ -146,7 +158,7 @@ def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer
     for _, name, unit in candidates:
         if cost.remaining(resource) <= target:
             break
-        if kept[name] - by_name[name].channel_groups >= min_channels:
+        if kept[name] - by_name[name].channel_groups >= floor_channels(by_name[name], min_channels):
             remove(name, by_name[name].unit_channels([unit]).tolist())
     if cost.remaining(resource) > target:
         raise ValueError(f"target {target} of {resource} is out of reach: with {min_channels} channel(s) left in "

@@ -15,6 +15,7 @@ from infoprune.pruning.masks import removed_channels
 from infoprune.pruning.metrics import RandomScore, output_l1
 from infoprune.pruning.selection import keep_top_channels, select_global, select_layerwise
 from infoprune.pruning.sensitivity import SensitivityTable, allocate_widths
+from infoprune.pruning.slim import slim
 from tests.test_any_network import assert_masked_equals_slimmed
 from tests.test_pruning import randomized
 
@@ -77,6 +78,33 @@ def test_masked_equals_slimmed_and_the_cost_accounting_is_exact(resnext, selecti
     assert all(m.groups == GROUPS for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
                and m.in_channels != 3)
     assert (cost.params, cost.flops) == (count_parameters(net), count_flops(net, x[:1]))
+
+
+@pytest.mark.parametrize("selection", ["layerwise", "global"])
+def test_a_grouped_convolution_never_becomes_a_depthwise_one(selection):
+    """Kept down to one channel a block, the 3x3 convolution (16 -> 16, 4 groups) would turn depthwise, which ties
+    its input channels to its outputs: two positions a block stay, and the network keeps its channel groups."""
+    net = randomized(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, groups=4), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)))
+    x = torch.randn(2, 3, 16, 16)
+    layers = find_prunable_layers(net, x[:1])
+    scores = {layer.name: RandomScore(0)(layer) for layer in layers}
+    if selection == "layerwise":
+        keep = select_layerwise(scores, layers, 0.95, mode="channels", exclude=["6"])
+    else:  # the parameters left with two positions a block in both grouped layers: the lowest reachable target
+        floor = PruningCost(net, layers, x[:1])
+        for layer in layers[:2]:
+            for channel in removed_channels(layer, layer.unit_channels(torch.arange(2))).tolist():
+                floor.remove(layer.name, channel)
+        keep = select_global(scores, layers, PruningCost(net, layers, x[:1]), floor.remaining("params"), exclude=["6"])
+        with pytest.raises(ValueError, match="out of reach"):
+            select_global(scores, layers, PruningCost(net, layers, x[:1]), 0.99 * floor.remaining("params"),
+                          exclude=["6"])
+    assert {name: len(kept) for name, kept in keep.items()} == {"0": 8, "3": 8, "6": 16}
+    slim(net, layers, keep, x[:1])
+    assert [(layer.name, layer.channel_groups) for layer in find_prunable_layers(net, x[:1])] == [
+        ("0", 4), ("3", 4), ("6", 1)]
 
 
 def test_keep_top_channels_keeps_the_best_positions_of_every_block():
