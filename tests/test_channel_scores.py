@@ -170,7 +170,7 @@ def test_every_metric_config_on_every_network_gives_one_finite_score_per_channel
                 values = scores[layer.name]
                 assert values.shape == (layer.num_channels,) and torch.isfinite(values).all(), (name, layer.name)
     assert len(layers) == {"lenet5": 2, "simplenet": 13, "alexnet": 5, "vgg16_bn": 13,
-                           "resnet56": 27 + 3, "resnext": 13}[network]  # inner widths + the stage widths
+                           "resnet56": 27 + 3, "resnext": 6}[network]  # inner widths + the stage widths
 
 
 def test_random_scores_are_reproducible_and_differ_between_seeds(small_setup):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck
 
 from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
@@ -23,8 +23,13 @@ GROUPS = 4
 
 
 def tiny_resnext(num_classes: int = 10) -> nn.Module:
-    """torchvision's ResNeXt block layout (bottlenecks with a 3x3 convolution of 4 groups), one block a stage."""
-    return ResNet(Bottleneck, [1, 1, 1, 1], groups=GROUPS, width_per_group=4, num_classes=num_classes)
+    """Two of torchvision's ResNeXt bottlenecks (1x1, 3x3 of 4 groups, 1x1, residual addition) on a 16-channel
+    stem: the first with a projection shortcut, the second adding onto its output."""
+    projection = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         Bottleneck(16, 8, downsample=projection, groups=GROUPS, base_width=32),
+                         Bottleneck(32, 8, groups=GROUPS, base_width=32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
 
 
 @pytest.fixture
@@ -46,11 +51,11 @@ def test_every_convolution_is_prunable_and_grouped_channels_are_marked(resnext):
     net, _, layers = resnext
     assert {m.conv for layer in layers for m in layer.members} == {m for m in net.modules()
                                                                     if isinstance(m, nn.Conv2d)}
-    groups = {layer.name: layer.channel_groups for layer in layers}
-    for stage in range(1, 5):  # conv1 feeds the grouped conv2; conv2 is grouped; conv3 and the stem are not
-        assert groups[f"layer{stage}.0.conv1"] == groups[f"layer{stage}.0.conv2"] == GROUPS
-        assert groups[f"layer{stage}.0.conv3"] == 1
-    assert groups["conv1"] == 1
+    groups = {layer.name: (layer.channel_groups, len(layer.members)) for layer in layers}
+    # conv1 feeds the grouped conv2; conv2 is grouped; the stem and the residual width (the first block's conv3
+    # and projection, the second block's conv3) are not
+    assert groups == {"0": (1, 1), "3.conv1": (GROUPS, 1), "3.conv2": (GROUPS, 1), "3.conv3": (1, 3),
+                      "4.conv1": (GROUPS, 1), "4.conv2": (GROUPS, 1)}
 
 
 def test_tied_grouped_convolutions_take_the_least_common_multiple_of_their_groups():
@@ -119,8 +124,8 @@ def test_keep_top_channels_keeps_the_best_positions_of_every_block():
 
 def test_output_l1_of_a_grouped_consumer_reads_the_filters_of_the_channels_group(resnext):
     net, _, layers = resnext
-    layer = next(layer for layer in layers if layer.name == "layer2.0.conv1")
-    weight = net.layer2[0].conv2.weight.detach().double().abs()  # (out, in / g, 3, 3)
+    layer = next(layer for layer in layers if layer.name == "4.conv1")
+    weight = net[4].conv2.weight.detach().double().abs()  # (out, in / g, 3, 3)
     per_group_out, per_group_in = weight.shape[0] // GROUPS, weight.shape[1]
     expected = torch.stack([weight[(c // per_group_in) * per_group_out:(c // per_group_in + 1) * per_group_out,
                                    c % per_group_in].sum() for c in range(layer.num_channels)])
@@ -148,7 +153,7 @@ def test_slimmed_checkpoint_of_a_resnext_reloads_with_equal_outputs(tmp_path):
     randomized(module.net)
     layers = find_prunable_layers(module.net, module.example_input_array)
     slim_classifier(module, select_layerwise({layer.name: RandomScore(2)(layer) for layer in layers}, layers, 0.6))
-    assert module.hparams.structure["layer1.0.conv1"] < 16
+    assert module.hparams.structure["3.conv1"] < 16
     reloaded = ImageClassifier.load_from_checkpoint(save_weights_checkpoint(module, tmp_path / "slim.ckpt")).eval()
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
