@@ -246,8 +246,11 @@ class PruningRun:
                 recalibrate_batchnorm(model.net, batches)
 
     def finetune_settings(self, model: ImageClassifier, epochs: int) -> None:
-        """Fine-tuning runs at ``finetune.lr`` with the scheduler stretched over its own ``epochs``."""
+        """Fine-tuning runs at ``finetune.lr`` with ``finetune.scheduler`` (null: the baseline's own scheduler), its
+        ``T_max`` (a cosine's length) set to the fine-tuning's own ``epochs``."""
         model.hparams.optimizer["lr"] = float(self.cfg.finetune.lr)
+        if self.cfg.finetune.get("scheduler") is not None:
+            model.hparams.scheduler = OmegaConf.to_container(self.cfg.finetune.scheduler, resolve=True)
         if model.hparams.scheduler and "T_max" in model.hparams.scheduler:
             model.hparams.scheduler["T_max"] = max(1, int(epochs))
 

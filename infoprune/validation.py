@@ -96,6 +96,18 @@ def check_targets(group: DictConfig | None, key: str) -> None:
                 raise ConfigError(f"{key}.{name}._target_", f"cannot import {entry._target_!r} ({error})") from None
 
 
+def check_scheduler(cfg: DictConfig, key: str) -> None:
+    """The LR-scheduler config at ``key`` (a partial called with the optimizer, or null) builds one."""
+    config = setting(cfg, key)
+    if config is None:
+        return
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        instantiate(config)(optimizer=optimizer)
+    except Exception as error:  # noqa: BLE001 - a missing milestone, a bad target: the same user error
+        raise ConfigError(key, f"does not build a learning-rate scheduler ({error})") from None
+
+
 def check_trainer(cfg: DictConfig) -> None:
     """A GPU trainer on a machine where no GPU is visible is named before Lightning's own error."""
     accelerator = str(setting(cfg, "trainer.accelerator", "auto"))
@@ -238,6 +250,7 @@ def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier]:
     if setting(cfg, "threads", "auto") != "auto":
         check_int(cfg, "threads", 1)
     check_trainer(cfg)
+    check_scheduler(cfg, "model.scheduler")
     check_targets(cfg.get("callbacks"), "callbacks")
     check_targets(cfg.get("logger"), "logger")
     datamodule = build_datamodule(cfg)
@@ -270,6 +283,7 @@ def validate_pruning(cfg: DictConfig) -> CheckedRun:
     lr = setting(cfg, "finetune.lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise ConfigError("finetune.lr", f"must be a positive number, got {lr!r}")
+    check_scheduler(cfg, "finetune.scheduler")
     if not cfg.get("ckpt_path"):
         check_int(cfg, "trainer.max_epochs", 1)
     datamodule, model = check_common(cfg)

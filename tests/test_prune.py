@@ -185,11 +185,23 @@ def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, 
     results = run_prune(tmp_path, overrides[:-1] + [RECORD])  # same output directory, no crash: resumes
     assert RecordEpochs.epochs == [2, 3]  # only the epochs the crash prevented; from scratch would be 0-3
     assert torch.load(last, weights_only=False)["epoch"] == 3
+    assert torch.load(last, weights_only=False)["lr_schedulers"][0]["T_max"] == 4  # the baseline's cosine, stretched
     assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
     assert not (out / "baseline").exists() and 0.45 < results["params_remaining"] < 0.55
     finished = (out / "results.json").read_text(), last.stat().st_mtime_ns
     assert run_prune(tmp_path, overrides[:-1]) == results  # a finished run is returned, not redone
     assert ((out / "results.json").read_text(), last.stat().st_mtime_ns) == finished
+
+
+def test_fine_tuning_runs_its_own_scheduler_when_one_is_set(tmp_path, baseline):
+    step = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+    run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning.target=0.5", "finetune.max_epochs=2",
+                         f"finetune.scheduler={step}"])
+    finetune = torch.load(tmp_path / "run" / "finetune" / "checkpoints" / "last.ckpt", weights_only=False)
+    scheduler, optimizer = finetune["lr_schedulers"][0], finetune["optimizer_states"][0]
+    assert (scheduler["step_size"], scheduler["gamma"]) == (1, 0.5) and "T_max" not in scheduler
+    assert scheduler["base_lrs"] == [0.01]  # finetune.lr
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 ** scheduler["last_epoch"])
 
 
 class CrashAtEpochTwo(pl.Callback):

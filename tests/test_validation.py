@@ -51,6 +51,8 @@ BAD_PRUNE = [
     (["pruning.recalibrate_bn_images=-5"], "pruning.recalibrate_bn_images"),
     (["finetune.max_epochs=-1"], "finetune.max_epochs"),
     (["finetune.lr=0"], "finetune.lr"),
+    (["scheduler=multistep"], "model.scheduler"),  # milestones are mandatory
+    (["finetune.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true}"], "finetune.scheduler"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["+logger.extra._target_=no.such.Logger"], "logger.extra._target_"),
     (["model.net.pool_after=[0,1,2,3,4,5,6]"], "model.net"),
@@ -65,6 +67,7 @@ BAD_TRAIN = [
     (["callbacks=channel_scores", "pruning.stats.bins=1"], "pruning.stats.bins"),
     (["callbacks=channel_scores", "pruning.stats.tap=foo"], "pruning.stats.tap"),
     (["+callbacks.extra._target_=no.such.Callback"], "callbacks.extra._target_"),
+    (["scheduler=multistep"], "model.scheduler"),
 ]
 if not torch.cuda.is_available():
     BAD_TRAIN.append((["trainer=ddp"], "trainer.accelerator"))
