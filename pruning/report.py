@@ -238,8 +238,8 @@ def ranking_table(rows: list[dict]) -> str:
     lines = []
     for (scope, schedule, target), by_value in settings.items():
         values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
-        if len(values) < 2:
-            continue
+        if len(values) < 2 or len({m for v in values for m in by_value[v]}) < 2:
+            continue  # one value or one metric: nothing to rank
         ranks = {v: {m: 1 + sorted(by_value[v].values(), reverse=True).index(a) for m, a in by_value[v].items()}
                  for v in values}
         metrics = sorted(ranks[values[-1]], key=ranks[values[-1]].get)

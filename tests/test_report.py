@@ -220,6 +220,8 @@ def test_ranking_table_ranks_each_fine_tuning_length_and_counts_agreeing_pairs()
     assert "| b | 2 | 1 |" in text and "| a | 1 | 2 |" in text and "| c | 3 | 3 |" in text
     # pairs (a, b) swap, (a, c) and (b, c) keep their order: (2 - 1) / 3
     assert "Kendall's tau between the rankings at finetune.max_epochs 1 and 3: 0.33 (3 metrics)" in text
+    one_metric = markdown_table(aggregate([r for r in runs if r["metric"] == "a"], by=("finetune.max_epochs",)))
+    assert "Rank by accuracy" not in one_metric and "Kendall" not in one_metric
 
 
 def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
