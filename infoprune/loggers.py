@@ -1,11 +1,14 @@
 """Experiment loggers that never block a run."""
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 
-from pytorch_lightning.loggers import WandbLogger
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
 def wandb_api_key_available() -> bool:
@@ -38,3 +41,26 @@ def wandb_logger(offline: bool | None = None, group: str | None = None, **kwargs
         offline = os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_api_key_available()
     os.makedirs(kwargs.get("save_dir") or ".", exist_ok=True)
     return WandbLogger(offline=offline, **kwargs)
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (its columns kept, new rows
+    appended) instead of deleted, so a resumed run keeps the rows logged before its interruption."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a rerun in the same directory (see
+    :class:`AppendingExperimentWriter`); every argument is ``CSVLogger``'s."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
