@@ -397,8 +397,12 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def plot(rows: list[dict], path: Path) -> Path:
-    """Accuracy vs parameters remaining, one line per criterion; bars when the sweep has a single target."""
+RESOURCES = {"params": "parameters", "flops": "FLOPs"}
+
+
+def plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
+    """Accuracy vs the share of ``resource`` (``params`` or ``flops``) remaining, one line per criterion; bars when
+    the sweep has a single target."""
     if len({r["target"] for r in rows}) == 1:
         return bar_plot(rows, path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -409,13 +413,13 @@ def plot(rows: list[dict], path: Path) -> Path:
                                  strict=True):
         for i, (name, members) in enumerate(sorted(by_metric.items())):
             members = sorted((r for r in members if column == "acc_pruned" or r["finetuned"]),
-                             key=lambda r: r["params_remaining"][0])
-            ax.errorbar([100 * r["params_remaining"][0] for r in members], [100 * r[column][0] for r in members],
+                             key=lambda r: r[f"{resource}_remaining"][0])
+            ax.errorbar([100 * r[f"{resource}_remaining"][0] for r in members], [100 * r[column][0] for r in members],
                         yerr=[100 * r[column][1] for r in members], fmt="-o", color=f"C{i % 10}", capsize=3,
                         label=name)
         ax.axhline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("parameters remaining (%)")
+        ax.set_xlabel(f"{RESOURCES[resource]} remaining (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
@@ -427,12 +431,15 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tuple[str, ...] = (),
                  metrics: tuple[str, ...] = (), question: str | None = None, discussion: str | None = None,
-                 command: str | None = None, reference: str | None = None) -> tuple[Path, Path]:
+                 command: str | None = None, reference: str | None = None, x: str = "params") -> tuple[Path, Path]:
     """Write ``<out>.md`` and ``<out>.png`` (default ``<first sweep>/report``) over the runs of ``metrics`` (default
     all); returns their paths. The page leads with ``question`` (default: which sweep it is), says that the table
     and plot answer it, where it is ``discussion``-ed, and the ``command`` that wrote it. With a ``reference``
-    metric the table has each row's paired difference to it. Baselines that recorded their training curve get a
+    metric the table has each row's paired difference to it. The plot's x axis is the share of ``x`` (``params``
+    or ``flops``) remaining. Baselines that recorded their training curve get a
     table and ``<out>_baselines.png``."""
+    if x not in RESOURCES:
+        raise ValueError(f"x must be one of {sorted(RESOURCES)}, not {x!r}")
     prefix = Path(out) if out is not None else Path(sweep_dirs[0]) / "report"
     runs = load_runs(*sweep_dirs, by=tuple(by))
     present = sorted({r["metric"] for r in runs})
@@ -454,7 +461,7 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     paired = (f" `vs {reference}, paired`: the row's accuracy minus {reference}'s on the same seed and baseline, "
               "mean ± std over the seeds both ran (their number in brackets).") if reference else ""
     text = (lead + f"Test accuracy in %, mean ± std over seeds.{paired}\n\n" + markdown_table(rows, reference)
-            + f"\n![accuracy vs parameters]({figure.name})\n")
+            + f"\n![accuracy vs {RESOURCES[x]}]({figure.name})\n")
     if reference and any("vs_reference" in r and r["metric"] != reference for r in rows):
         paired_figure = paired_plot(rows, reference, prefix.with_name(f"{prefix.name}_paired.png"))
         text += f"\n![paired differences to {reference}]({paired_figure.name})\n"
@@ -463,7 +470,7 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
         curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))
         text += baseline_table(baselines) + f"\n![baseline training curves]({curves.name})\n"
     table.write_text(text)
-    return table, plot(rows, figure)
+    return table, plot(rows, figure, x)
 
 
 def main() -> None:
@@ -475,12 +482,14 @@ def main() -> None:
     parser.add_argument("--question", help="what the page answers (its title)")
     parser.add_argument("--discussion", help="where the answer is discussed (a Markdown link)")
     parser.add_argument("--reference", help="a metric every row is compared with, seed by seed (paired)")
+    parser.add_argument("--x", choices=sorted(RESOURCES), default="params",
+                        help="the plot's x axis: share of parameters (default) or FLOPs remaining")
     args = parser.parse_args()
     command = "python -m infoprune.pruning.report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         table, figure = write_report(*args.sweep_dirs, out=args.out, by=tuple(args.by), metrics=tuple(args.metrics),
                                      question=args.question, discussion=args.discussion, command=command,
-                                     reference=args.reference)
+                                     reference=args.reference, x=args.x)
     except (ValueError, KeyError, FileNotFoundError) as error:
         parser.error(str(error))
     print(table.read_text())

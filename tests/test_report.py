@@ -229,3 +229,20 @@ def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
     phases = grouped_phases(run)
     assert phases["waiting for a shared baseline"] == 30.0 and phases["tests"] == 5.0
     assert phases["other"] == pytest.approx(5.0)
+
+
+def test_the_plot_can_put_flops_on_its_x_axis_and_an_unknown_axis_fails_before_writing(tmp_path, monkeypatch):
+    import matplotlib.axes
+    dirs = write_sweeps(tmp_path)
+    for file in tmp_path.rglob("results.json"):  # FLOPs remaining different from parameters remaining
+        run = json.loads(file.read_text())
+        file.write_text(json.dumps({**run, "flops_remaining": run["params_remaining"] / 2}))
+    plotted, errorbar = [], matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, *args, **kwargs: plotted.append(list(x)) or errorbar(self, x, *args, **kwargs))
+    table, _ = write_report(*dirs, out=tmp_path / "flops", x="flops")
+    assert "![accuracy vs FLOPs](flops.png)" in table.read_text()
+    assert plotted and all(np.allclose(x, [15.0, 25.0]) for x in plotted)
+    with pytest.raises(ValueError, match="x must be one of"):
+        write_report(*dirs, out=tmp_path / "latency", x="latency")
+    assert not list(tmp_path.glob("latency*"))
