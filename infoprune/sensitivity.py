@@ -25,7 +25,7 @@ import matplotlib  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 matplotlib.use("Agg")
@@ -183,16 +183,39 @@ def save_sensitivity(rows: list[dict], out_dir: Path) -> Path:
     return path
 
 
+def shard_index(path: Path) -> tuple[int, int]:
+    """``(sensitivity.shard, job number)`` of the job that wrote ``path``, from its ``config_resolved.yaml`` (the job
+    number alone where that file is missing)."""
+    job = int(path.parent.name) if path.parent.name.isdigit() else 0
+    config = path.with_name("config_resolved.yaml")
+    shard = OmegaConf.select(OmegaConf.load(config), "sensitivity.shard", default=None) if config.exists() else None
+    return (job if shard is None else int(shard)), job
+
+
+def network_order(shards: list[list[dict]]) -> list[dict]:
+    """The rows of round-robin shards, listed by shard number, in the network's order of groups: shard ``k`` of
+    ``n`` measured groups ``k, k + n, k + 2n, ...``, so group ``i * n + k`` is shard ``k``'s ``i``-th."""
+    per_shard = []
+    for rows in shards:
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            groups.setdefault(row["layer"], []).append(row)
+        per_shard.append(list(groups.values()))
+    depth = max((len(groups) for groups in per_shard), default=0)
+    return [row for i in range(depth) for groups in per_shard if i < len(groups) for row in groups[i]]
+
+
 class MergeSensitivity(Callback):
     """At the end of a multirun, the shards' tables are joined into ``<sweep dir>/sensitivity.csv`` (with its
-    plots); a (group, ratio) measured twice or shards with different baselines are an error."""
+    plots), groups in the network's order; a (group, ratio) measured twice or shards with different baselines are
+    an error."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        shards = sorted(p for p in sweep.glob("*/sensitivity.csv"))
+        shards = sorted(sweep.glob("*/sensitivity.csv"), key=shard_index)
         if not shards:
             return
-        rows = [row for path in shards for row in read_rows(path)]
+        rows = network_order([read_rows(path) for path in shards])
         seen = [(row["layer"], row["ratio"]) for row in rows]
         repeated = sorted({point for point in seen if seen.count(point) > 1})
         if repeated:

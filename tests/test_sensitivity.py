@@ -115,15 +115,19 @@ def test_table_files_are_checked(tmp_path):
         read_table(tmp_path / "mixed.csv")
 
 
-def test_merging_shards_joins_them_and_rejects_repeats(tmp_path):
+def test_merging_shards_joins_them_in_the_network_order_and_rejects_repeats(tmp_path):
     from omegaconf import OmegaConf
     row = dict(layer="a", ratio=0.5, channels=8, channels_kept=4, params_removed=0.1, flops_removed=0.1, acc=0.5,
                baseline_acc=0.9, metric="l1_in")
-    write_table([row], tmp_path / "0" / "sensitivity.csv")
-    write_table([dict(row, layer="b")], tmp_path / "1" / "sensitivity.csv")
+    # round-robin shards of groups a, b, c, d, e; job 0 ran shard 1 (b, d), job 1 shard 0 (a, c, e)
+    for job, (shard, layers) in enumerate([(1, "bd"), (0, "ace")]):
+        write_table([dict(row, layer=layer, ratio=ratio) for layer in layers for ratio in (0.5, 0.7)],
+                    tmp_path / str(job) / "sensitivity.csv")
+        OmegaConf.save({"sensitivity": {"shard": shard, "num_shards": 2}}, tmp_path / str(job) / "config_resolved.yaml")
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     MergeSensitivity().on_multirun_end(config)
-    assert [r["layer"] for r in read_rows(tmp_path / "sensitivity.csv")] == ["a", "b"]
+    assert [(r["layer"], r["ratio"]) for r in read_rows(tmp_path / "sensitivity.csv")] == [
+        (layer, ratio) for layer in "abcde" for ratio in (0.5, 0.7)]
     write_table([row], tmp_path / "2" / "sensitivity.csv")
     with pytest.raises(ValueError, match="more than once"):
         MergeSensitivity().on_multirun_end(config)
