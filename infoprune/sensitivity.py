@@ -145,7 +145,8 @@ def plot_sensitivity(rows: list[dict], out_dir: Path) -> list[Path]:
     layers, ratios = list(table), sorted({row["ratio"] for row in rows})
     baseline, metric = rows[0]["baseline_acc"], rows[0]["metric"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.cm.viridis([i / max(1, len(layers) - 1) for i in range(len(layers))])
+    colors = (plt.cm.tab20(range(len(layers))) if len(layers) <= 20  # distinct colours while there are enough
+              else plt.cm.viridis([i / (len(layers) - 1) for i in range(len(layers))]))
     for color, layer in zip(colors, layers):
         points = sorted(table[layer].items())
         ax.plot([0.0] + [r for r, _ in points], [100 * baseline] + [100 * a for _, a in points], marker="o",
