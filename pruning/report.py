@@ -31,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
+RESOURCES = {"params": "parameters", "flops": "FLOPs"}  # what the plot's x axis can count
+EQUAL_BUDGET = 0.01  # rows keeping shares of a resource closer than this are one budget: drawn as bars
 OPTIONAL = ("storage_reduction", "wall_s")
 #: a baseline whose best validation accuracy rose less than this over its last 20% of epochs is on its plateau
 PLATEAU_GAIN = 0.005
@@ -369,11 +371,11 @@ def paired_plot(rows: list[dict], reference: str, path: Path) -> Path:
     return path
 
 
-def bar_plot(rows: list[dict], path: Path) -> Path:
-    """One target: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
-    fine-tuning for the rows that were fine-tuned."""
+def bar_plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
+    """One budget: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
+    fine-tuning for the rows that were fine-tuned. The title gives the share of ``resource`` kept."""
     rows = sorted(rows, key=lambda r: (r["acc_finetuned"][0], r["acc_pruned"][0]))
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
     y = list(range(len(rows)))
     tuned = [j for j, r in enumerate(rows) if r["finetuned"]]
     height = 0.4 if tuned else 0.7
@@ -386,25 +388,25 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     ax.axvline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
     ax.set_yticks(y, [label(r) for r in rows], fontsize=8)
     ax.set_xlabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(f"target {rows[0]['target']}: {100 * rows[0]['params_remaining'][0]:.1f}% of parameters remain",
-                 fontsize=9)
-    ax.set_xlim(0, 105)  # room for the legend right of the baseline
+    kept = sorted({f"{100 * r[f'{resource}_remaining'][0]:.1f}" for r in rows}, key=float)
+    targets = sorted({str(r["target"]) for r in rows})
+    span = kept[0] if len(kept) == 1 else f"{kept[0]}-{kept[-1]}"
+    ax.set_title(f"target {', '.join(targets)}: {span}% of the {RESOURCES[resource]} remain", fontsize=9)
+    ax.set_xlim(0, 100)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45 / (1.2 + 0.45 * len(rows)) - 0.12), ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-RESOURCES = {"params": "parameters", "flops": "FLOPs"}
-
-
 def plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
     """Accuracy vs the share of ``resource`` (``params`` or ``flops``) remaining, one line per criterion; bars when
-    the sweep has a single target."""
-    if len({r["target"] for r in rows}) == 1:
-        return bar_plot(rows, path)
+    the sweep has a single target or every row keeps the same share (within ``EQUAL_BUDGET``)."""
+    kept = [r[f"{resource}_remaining"][0] for r in rows]
+    if len({r["target"] for r in rows}) == 1 or max(kept) - min(kept) < EQUAL_BUDGET:
+        return bar_plot(rows, path, resource)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     by_metric: dict[str, list[dict]] = defaultdict(list)
     for r in rows:

@@ -246,3 +246,19 @@ def test_the_plot_can_put_flops_on_its_x_axis_and_an_unknown_axis_fails_before_w
     with pytest.raises(ValueError, match="x must be one of"):
         write_report(*dirs, out=tmp_path / "latency", x="latency")
     assert not list(tmp_path.glob("latency*"))
+
+
+def test_rows_at_one_budget_under_different_targets_are_drawn_as_bars(tmp_path, monkeypatch):
+    import matplotlib.axes
+    dirs = write_sweeps(tmp_path)
+    for file in tmp_path.rglob("results.json"):  # targets 0.5 and 0.7, every run keeping 31.8-31.9% of the FLOPs
+        run = json.loads(file.read_text())
+        file.write_text(json.dumps({**run, "flops_remaining": 0.318 + 0.001 * (run["target"] == 0.7)}))
+    titles, set_title = [], matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, text, *args, **kwargs: titles.append(text) or set_title(self, text, *args, **kwargs))
+    write_report(*dirs, out=tmp_path / "flops", x="flops")
+    assert titles == ["target 0.5, 0.7: 31.8-31.9% of the FLOPs remain"]
+    titles.clear()
+    write_report(*dirs, out=tmp_path / "params", x="params")  # 50% and 30% of the parameters: a line plot
+    assert titles == ["after fine-tuning", "right after pruning"]
