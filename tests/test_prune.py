@@ -28,6 +28,7 @@ from infoprune.pruning.report import load_runs, write_report
 from infoprune.pruning.selection import keep_count, select_global
 from infoprune.pruning.storage import load_channel_scores
 from infoprune.training import train
+from infoprune.validation import ConfigError
 from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
 RECORD = "+callbacks.record._target_=tests.conftest.RecordEpochs"
@@ -277,11 +278,11 @@ def test_reruns_leave_every_file_of_a_finished_sweep_byte_identical(tmp_path, ba
     rerun = prune_py(args, tmp_path)  # the same sweep again: every job is finished
     assert rerun.returncode == 0 and rerun.stdout.count("already holds this run's results; nothing to do") == 2
     assert directory_digest(sweep) == finished
-    job = ["pruning/metric=l1_in", f"ckpt_path={baseline}", "pruning.target=0.5", f"hydra.run.dir={sweep / '0'}"]
-    failed = prune_py(job + ["pruning.stats.bins=1"], tmp_path)  # a rerun with a bad setting
-    assert failed.returncode != 0 and "pruning.stats.bins" in failed.stderr
-    other = prune_py(job[:-2] + ["pruning.target=0.3", job[-1]], tmp_path)  # a rerun with other settings
-    assert other.returncode != 0 and "holds a finished run with other settings" in other.stderr
+    job = ["pruning/metric=l1_in", f"ckpt_path={baseline}", "finetune.max_epochs=1", "pruning.stats.num_images=512"]
+    with pytest.raises(ConfigError, match="pruning.target"):  # a rerun with a bad setting
+        prune(compose_config("prune", job + ["pruning.target=1.5"], sweep / "0"))
+    with pytest.raises(ValueError, match="holds a finished run with other settings"):  # a rerun with other settings
+        prune(compose_config("prune", job + ["pruning.target=0.3"], sweep / "0"))
     assert directory_digest(sweep) == finished
     shutil.rmtree(sweep / "1")  # an unfinished job: the rerun fills in that one only
     filled = prune_py(args, tmp_path)
