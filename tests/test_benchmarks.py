@@ -24,7 +24,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+SLOW_CASES = {"train_throughput"}  # its timing logic has a fast test of its own (the ticking clock below)
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+                                  for name in sorted(CASES)])
 def test_benchmark_prints_a_table_and_a_last_json_line(name, tmp_path):
     args, key = CASES[name]
     env = {k: v for k, v in os.environ.items() if k != "DATA_DIR"}  # synthetic data where a dataset is read
