@@ -31,11 +31,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
-RESOURCES = {"params": "parameters", "flops": "FLOPs"}  # what the plot's x axis can count
-EQUAL_BUDGET = 0.01  # rows keeping shares of a resource closer than this are one budget: drawn as bars
 OPTIONAL = ("storage_reduction", "wall_s")
 #: a baseline whose best validation accuracy rose less than this over its last 20% of epochs is on its plateau
 PLATEAU_GAIN = 0.005
+RESOURCES = {"params": "parameters", "flops": "FLOPs"}  # what the plot's x axis can count
+EQUAL_BUDGET = 0.01  # rows keeping shares of a resource closer than this are one budget: drawn as bars
 #: how the phases in results.json's ``phase_s`` are grouped in the report's time table, in pipeline order
 PHASE_GROUPS = ("waiting for a shared baseline", "baseline", "statistics", "selection and slimming",
                 "fine-tunes between steps", "BatchNorm re-estimation", "final fine-tune", "tests")
@@ -375,7 +375,7 @@ def bar_plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
     """One budget: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
     fine-tuning for the rows that were fine-tuned. The title gives the share of ``resource`` kept."""
     rows = sorted(rows, key=lambda r: (r["acc_finetuned"][0], r["acc_pruned"][0]))
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)), layout="constrained")
     y = list(range(len(rows)))
     tuned = [j for j, r in enumerate(rows) if r["finetuned"]]
     height = 0.4 if tuned else 0.7
@@ -394,8 +394,7 @@ def bar_plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
     ax.set_title(f"target {', '.join(targets)}: {span}% of the {RESOURCES[resource]} remain", fontsize=9)
     ax.set_xlim(0, 100)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45 / (1.2 + 0.45 * len(rows)) - 0.12), ncol=3)
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside lower center", ncol=3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
