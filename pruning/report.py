@@ -5,7 +5,8 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 ``--reference <metric>`` adds each row's accuracy difference to that metric on the same seeds (paired); baselines
 that recorded their validation curve get a plateau table and a plot of the curves. With one ``--by`` key (e.g.
 ``finetune.max_epochs``) the page also ranks the metrics at each of its values, with Kendall's tau between
-consecutive rankings (does the order still change with a longer fine-tune?).
+consecutive rankings (does the order still change with a longer fine-tune?) and the pairs that change order, each
+with its gap at the longer length against the seed spread.
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
@@ -229,20 +230,22 @@ def markdown_table(rows: list[dict], reference: str | None = None) -> str:
 def ranking_table(rows: list[dict]) -> str:
     """With one ``--by`` key (a fine-tuning length, say): every metric's rank by mean final accuracy at each of its
     values (1 = best), per scope, schedule and target, and Kendall's tau between the rankings at consecutive values
-    over the metrics ranked at both (1: the same order; scipy's tau-b, ties allowed)."""
+    over the metrics ranked at both (1: the same order; scipy's tau-b, ties allowed), then the pairs whose order
+    changes (:func:`order_changes_table`)."""
     if not rows or len(rows[0]["by"]) != 1:
         return ""
     key = rows[0]["by"][0]
-    settings: dict[tuple, dict[object, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    settings: dict[tuple, dict[object, dict[str, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        accuracy = r["acc_finetuned"][0] if r["finetuned"] else r["acc_pruned"][0]
+        accuracy = r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"]
         settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = accuracy
     lines = []
     for (scope, schedule, target), by_value in settings.items():
         values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
         if len(values) < 2 or len({m for v in values for m in by_value[v]}) < 2:
             continue  # one value or one metric: nothing to rank
-        ranks = {v: {m: 1 + sorted(by_value[v].values(), reverse=True).index(a) for m, a in by_value[v].items()}
+        means = {v: {m: a[0] for m, a in by_value[v].items()} for v in values}
+        ranks = {v: {m: 1 + sorted(means[v].values(), reverse=True).index(a) for m, a in means[v].items()}
                  for v in values}
         metrics = sorted(ranks[values[-1]], key=ranks[values[-1]].get)
         metrics += sorted({m for v in values for m in ranks[v]} - set(metrics))
@@ -254,7 +257,38 @@ def ranking_table(rows: list[dict]) -> str:
             tau = stats.kendalltau([ranks[a][m] for m in shared], [ranks[b][m] for m in shared]).statistic
             lines.append(f"\nKendall's tau between the rankings at {key} {a} and {b}: {tau:.2f} "
                          f"({len(shared)} metrics)")
+            lines += order_changes_table(ranks[a], by_value[b], f"{key} {a}", f"{key} {b}")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, float]]) -> list[tuple]:
+    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean and std of accuracy):
+    ``(ahead, behind, gap, spread)`` with ``ahead`` the better one after, ``gap`` its lead in mean accuracy there
+    and ``spread`` the larger of the two seed stds there; largest gap first. Ties on either side are no change."""
+    shared = sorted(set(ranks_before) & set(after))
+    changes = []
+    for i, m in enumerate(shared):
+        for n in shared[i + 1:]:
+            before = ranks_before[m] - ranks_before[n]
+            gap = after[m][0] - after[n][0]
+            if before * gap > 0:  # m behind n before (larger rank) and ahead after, or the reverse
+                ahead, behind = (m, n) if gap > 0 else (n, m)
+                changes.append((ahead, behind, abs(gap), max(after[m][1], after[n][1])))
+    return sorted(changes, key=lambda c: -c[2])
+
+
+def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple[float, float]], before_name: str,
+                        after_name: str) -> list[str]:
+    """Markdown lines listing :func:`order_changes`, gap and spread in points: a gap inside the seed spread is a
+    swap between metrics the seeds do not separate; a gap beyond it is an order that still moves."""
+    changes = order_changes(ranks_before, after)
+    if not changes:
+        return [f"\nEvery pair of metrics keeps its order from {before_name} to {after_name}."]
+    beyond = sum(gap > spread for _, _, gap, spread in changes)
+    lines = [f"\nPairs in a different order at {before_name} and {after_name}: {len(changes)}, of which {beyond} "
+             f"with a gap at {after_name} larger than the larger seed std of the pair:", "",
+             f"| ahead at {after_name} | behind | gap (points) | larger seed std (points) |", "|---|---|---|---|"]
+    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {100 * spread:.2f} |" for a, b, gap, spread in changes]
 
 
 def kept_table(rows: list[dict]) -> str:

@@ -14,6 +14,7 @@ from infoprune.pruning.report import (
     label,
     load_runs,
     markdown_table,
+    order_changes,
     plateau_gain,
     write_report,
 )
@@ -222,6 +223,29 @@ def test_ranking_table_ranks_each_fine_tuning_length_and_counts_agreeing_pairs()
     assert "Kendall's tau between the rankings at finetune.max_epochs 1 and 3: 0.33 (3 metrics)" in text
     one_metric = markdown_table(aggregate([r for r in runs if r["metric"] == "a"], by=("finetune.max_epochs",)))
     assert "Rank by accuracy" not in one_metric and "Kendall" not in one_metric
+
+
+def test_pairs_that_change_order_are_listed_with_their_gap_against_the_seed_spread():
+    base = {"scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8, "acc_pruned": 0.3,
+            "params_remaining": 0.3, "flops_remaining": 0.3}
+    # per length and metric, one accuracy per seed: at 3 epochs a > b > c > d; at 6, b overtakes a by 0.2 points
+    # within a 1-point spread and d overtakes c by 5 points with a spread near 0.1
+    accs = {3: {"a": [0.70, 0.70, 0.70], "b": [0.69, 0.69, 0.69], "c": [0.60, 0.60, 0.60], "d": [0.50, 0.50, 0.50]},
+            6: {"a": [0.720, 0.720, 0.720], "b": [0.732, 0.722, 0.712], "c": [0.600, 0.601, 0.599],
+                "d": [0.650, 0.650, 0.650]}}
+    runs = [dict(base, metric=m, seed=s, acc_finetuned=acc, finetune_epochs=e, **{"finetune.max_epochs": e})
+            for e, by_metric in accs.items() for m, seeds in by_metric.items() for s, acc in enumerate(seeds)]
+    text = markdown_table(aggregate(runs, by=("finetune.max_epochs",)))
+    assert ("Pairs in a different order at finetune.max_epochs 3 and finetune.max_epochs 6: 2, of which 1 with a gap "
+            "at finetune.max_epochs 6 larger than the larger seed std of the pair") in text
+    assert "| d | c | 5.00 | 0.10 |" in text and "| b | a | 0.20 | 1.00 |" in text
+    assert text.index("| d | c |") < text.index("| b | a |")  # largest gap first
+    # equal accuracies are no change; of three reordered metrics only the pairs that swapped are listed
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.5, 0.0), "y": (0.5, 0.0)}) == []
+    assert [c[:2] for c in order_changes({"x": 1, "y": 2, "z": 3}, {"x": (0.1, 0), "y": (0.3, 0), "z": (0.2, 0)})] \
+        == [("y", "x"), ("z", "x")]
+    unchanged = markdown_table(aggregate([r for r in runs if r["metric"] in "ac"], by=("finetune.max_epochs",)))
+    assert "Every pair of metrics keeps its order from finetune.max_epochs 3 to finetune.max_epochs 6." in unchanged
 
 
 def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
