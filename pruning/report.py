@@ -235,10 +235,11 @@ def ranking_table(rows: list[dict]) -> str:
     if not rows or len(rows[0]["by"]) != 1:
         return ""
     key = rows[0]["by"][0]
-    settings: dict[tuple, dict[object, dict[str, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    settings: dict[tuple, dict[object, dict[str, tuple[float, float | None]]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        accuracy = r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"]
-        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = accuracy
+        mean, std = r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"]
+        spread = std if len(r["seeds"]) > 1 else None  # one seed: no spread
+        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = (mean, spread)
     lines = []
     for (scope, schedule, target), by_value in settings.items():
         values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
@@ -261,10 +262,11 @@ def ranking_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, float]]) -> list[tuple]:
-    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean and std of accuracy):
-    ``(ahead, behind, gap, spread)`` with ``ahead`` the better one after, ``gap`` its lead in mean accuracy there
-    and ``spread`` the larger of the two seed stds there; largest gap first. Ties on either side are no change."""
+def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, float | None]]) -> list[tuple]:
+    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean and seed std of
+    accuracy, the std None for one seed): ``(ahead, behind, gap, spread)`` with ``ahead`` the better one after,
+    ``gap`` its lead in mean accuracy there and ``spread`` the larger of the two stds there (None if either is
+    None); largest gap first. Ties on either side are no change."""
     shared = sorted(set(ranks_before) & set(after))
     changes = []
     for i, m in enumerate(shared):
@@ -273,22 +275,26 @@ def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, fl
             gap = after[m][0] - after[n][0]
             if before * gap > 0:  # m behind n before (larger rank) and ahead after, or the reverse
                 ahead, behind = (m, n) if gap > 0 else (n, m)
-                changes.append((ahead, behind, abs(gap), max(after[m][1], after[n][1])))
+                spreads = (after[m][1], after[n][1])
+                changes.append((ahead, behind, abs(gap), None if None in spreads else max(spreads)))
     return sorted(changes, key=lambda c: -c[2])
 
 
-def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple[float, float]], before_name: str,
-                        after_name: str) -> list[str]:
+def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple[float, float | None]],
+                        before_name: str, after_name: str) -> list[str]:
     """Markdown lines listing :func:`order_changes`, gap and spread in points: a gap inside the seed spread is a
     swap between metrics the seeds do not separate; a gap beyond it is an order that still moves."""
     changes = order_changes(ranks_before, after)
     if not changes:
         return [f"\nEvery pair of metrics keeps its order from {before_name} to {after_name}."]
-    beyond = sum(gap > spread for _, _, gap, spread in changes)
-    lines = [f"\nPairs in a different order at {before_name} and {after_name}: {len(changes)}, of which {beyond} "
-             f"with a gap at {after_name} larger than the larger seed std of the pair:", "",
+    spread_known = [c for c in changes if c[3] is not None]
+    beyond = sum(gap > spread for _, _, gap, spread in spread_known)
+    counted = (f", of which {beyond} with a gap at {after_name} larger than the larger seed std of the pair"
+               if spread_known else " (one seed: no spread to compare the gaps with)")
+    lines = [f"\nPairs in a different order at {before_name} and {after_name}: {len(changes)}{counted}:", "",
              f"| ahead at {after_name} | behind | gap (points) | larger seed std (points) |", "|---|---|---|---|"]
-    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {100 * spread:.2f} |" for a, b, gap, spread in changes]
+    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {'-' if spread is None else format(100 * spread, '.2f')} |"
+                    for a, b, gap, spread in changes]
 
 
 def kept_table(rows: list[dict]) -> str:

@@ -244,6 +244,8 @@ def test_pairs_that_change_order_are_listed_with_their_gap_against_the_seed_spre
     assert order_changes({"x": 1, "y": 2}, {"x": (0.5, 0.0), "y": (0.5, 0.0)}) == []
     assert [c[:2] for c in order_changes({"x": 1, "y": 2, "z": 3}, {"x": (0.1, 0), "y": (0.3, 0), "z": (0.2, 0)})] \
         == [("y", "x"), ("z", "x")]
+    one_seed = markdown_table(aggregate([r for r in runs if r["seed"] == 0], by=("finetune.max_epochs",)))
+    assert "6: 2 (one seed: no spread to compare the gaps with):" in one_seed and "| d | c | 5.00 | - |" in one_seed
     unchanged = markdown_table(aggregate([r for r in runs if r["metric"] in "ac"], by=("finetune.max_epochs",)))
     assert "Every pair of metrics keeps its order from finetune.max_epochs 3 to finetune.max_epochs 6." in unchanged
 
