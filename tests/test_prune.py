@@ -237,14 +237,13 @@ def prune_py(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
 
 
 def test_ddp_widths_equal_the_single_process_widths(tmp_path, baseline):
-    widths = {}
-    for trainer in ("cpu", "ddp_cpu"):
-        result = prune_py([f"trainer={trainer}", f"ckpt_path={baseline}", "pruning/scope=global",
-                           "pruning.target=0.5", "pruning/metric=mi", f"hydra.run.dir={tmp_path / trainer}"], tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        widths[trainer] = json.loads((tmp_path / trainer / "results.json").read_text())["channels_after"]
-    assert widths["cpu"] == widths["ddp_cpu"]
-    assert widths["cpu"] != json.loads((tmp_path / "cpu" / "results.json").read_text())["channels_before"]
+    setting = [f"ckpt_path={baseline}", "pruning/scope=global", "pruning.target=0.5", "pruning/metric=mi"]
+    result = prune_py(["trainer=ddp_cpu", *setting, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_bins = [o for o in QUICK if not o.startswith("pruning.stats.bins")]  # prune_py keeps the default bins
+    prune(compose_config("prune", same_bins + setting, tmp_path / "cpu"))  # one process
+    single, ddp = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("cpu", "ddp"))
+    assert single["channels_after"] == ddp["channels_after"] != single["channels_before"]
 
 
 def test_two_job_multirun_and_report(tmp_path, baseline):
@@ -293,6 +292,7 @@ def test_reruns_leave_every_file_of_a_finished_sweep_byte_identical(tmp_path, ba
     assert json.loads((sweep / "1" / "results.json").read_text())["metric"] == "random"
 
 
+@pytest.mark.slow  # 20 s; the launcher plumbing is covered by the local multirun tests, this is submitit's own path
 def test_submitit_local_launcher_runs_a_job(tmp_path, baseline):
     sweep = tmp_path / "sweep"
     result = prune_py(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"ckpt_path={baseline}",

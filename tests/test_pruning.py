@@ -239,6 +239,7 @@ def test_export_torchscript_and_onnx(trained_digits, tmp_path):
         export_network(module, tmp_path / "net.x", "tflite")
 
 
+@pytest.mark.slow  # 20 s; init_from of a slimmed checkpoint (one process) and train.py under DDP have fast tests
 def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tmp_path):
     _, _, last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)
