@@ -210,6 +210,7 @@ def _digits_statistics(rank: int, world_size: int, num_images: int):
     return stats, scores
 
 
+@pytest.mark.slow  # 16 s; the Lightning DDP test below checks the same counts and scores on an uneven split end to end
 def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
     num_images = 1000 - 37  # 16 batches of 64 would be 1024: 15 full batches + one of 3, split unevenly
     single_stats, single_scores = _digits_statistics(0, 1, num_images)
