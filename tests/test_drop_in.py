@@ -231,18 +231,22 @@ def test_a_schedule_without_steps_fails_at_construction():
         ChannelPruning(InputL1(), amount=1.0)
 
 
-def _run_example(tmp_path, devices: int) -> dict:
-    report = tmp_path / f"report{devices}.json"
-    cmd = [sys.executable, str(ROOT / "examples" / "prune_resnet18.py"), "--devices", str(devices), "--epochs", "2",
-           "--slim-epoch", "1", "--schedule", "oneshot", "--report", str(report)]
-    result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                            timeout=600, cwd=tmp_path)
+EXAMPLE = ROOT / "examples" / "prune_resnet18.py"
+
+
+def _example_args(tmp_path, devices: int) -> list[str]:
+    return ["--devices", str(devices), "--epochs", "2", "--slim-epoch", "1", "--schedule", "oneshot", "--report",
+            str(tmp_path / f"report{devices}.json")]
+
+
+def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path, monkeypatch):
+    import runpy
+    result = subprocess.run([sys.executable, str(EXAMPLE), *_example_args(tmp_path, 2)], capture_output=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(report.read_text())
-
-
-def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path):
-    single, ddp = _run_example(tmp_path, 1), _run_example(tmp_path, 2)
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *_example_args(tmp_path, 1)])
+    runpy.run_path(str(EXAMPLE), run_name="__main__")  # one process, in this one
+    single, ddp = (json.loads((tmp_path / f"report{n}.json").read_text()) for n in (1, 2))
     assert ddp["structure"] == single["structure"] and ddp["structure"]["conv1"] < 64
     for name, scores in single["scores"].items():
         torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)
