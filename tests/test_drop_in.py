@@ -245,6 +245,8 @@ def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_sli
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *_example_args(tmp_path, 1)])
+    for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # set by the example's seed_everything(0): restored after
+        monkeypatch.setenv(seeded, "0")
     runpy.run_path(str(EXAMPLE), run_name="__main__")  # one process, in this one
     single, ddp = (json.loads((tmp_path / f"report{n}.json").read_text()) for n in (1, 2))
     assert ddp["structure"] == single["structure"] and ddp["structure"]["conv1"] < 64
