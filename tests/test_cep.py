@@ -262,7 +262,7 @@ def test_hcep_quota_above_the_target_density_fails_before_any_work(tmp_path):
 def test_prune_py_with_every_connection_criterion_on_digits(tmp_path):
     base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
                    "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",
-                   "pruning.target=0.8"]
+                   "pruning.target=0.8", f"baseline_cache={tmp_path / 'baselines'}"]  # one baseline for all five
     for metric, threshold in (("cep", "group"), ("hcep", "global"), ("magnitude", "layer"), ("lamp", "global"),
                               ("snip", "global")):
         overrides = base + [f"pruning/metric={metric}", f"pruning.metric.threshold={threshold}"]
