@@ -156,6 +156,7 @@ def _group_scores(rank: int, world_size: int):
     return scores, {name: k.numel() for name, k in keep.items()}
 
 
+@pytest.mark.slow  # 25 s; per-layer scores under DDP are tested exact in test_channel_scores, groups combine them
 def test_group_scores_and_widths_of_a_torchvision_network_under_ddp_equal_one_process(tmp_path):
     single_scores, single_widths = _group_scores(0, 1)
     ddp_scores, ddp_widths = rank_zero_result(_group_scores, tmp_path)
