@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -53,6 +55,59 @@ class ValidationCurve(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.values = list(state_dict["values"])
+
+
+def random_state() -> dict[str, Any]:
+    """The states of Python's ``random``, NumPy's global generator, torch's CPU generator and, when CUDA is in use,
+    its generators; tensors and plain values only, so that a checkpoint holding it loads with ``weights_only``."""
+    _, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Put back the generators' states of :func:`random_state`."""
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RandomStateCheckpoint(pl.Callback):
+    """The random generators' states (:func:`random_state`) kept in every checkpoint and put back when a fit resumes
+    from one, so that the resumed fit shuffles, augments and drops out as the uninterrupted fit would have; without
+    it, the resumed process starts from the seed again and replays the first epoch's random draws. The sanity check
+    of a resumed fit leaves the generators as it found them (the uninterrupted fit ran its check before epoch 0).
+    Under DDP every rank gets rank 0's states (the ranks' generators agree when they were seeded alike). DataLoader
+    workers that outlive an epoch (``persistent_workers``) keep generators of their own, which this does not reach.
+    """
+
+    def __init__(self) -> None:
+        self.resumed = False
+        self.before_check: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return random_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_random_state(state_dict)
+        self.resumed = True
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resumed:
+            self.before_check = random_state()
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.before_check is not None:
+            set_random_state(self.before_check)
+            self.before_check = None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -13,7 +13,7 @@ from hydra.errors import MissingConfigException
 from infoprune.datamodules import DataNotFoundError
 from infoprune.training import metric_value, train
 from tests import data_writers
-from tests.conftest import FAST, ROOT, RecordEpochs, digits_test_accuracy
+from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
 FDR = FAST + ["++trainer.fast_dev_run=true", "trainer.accelerator=cpu"]
 
@@ -81,6 +81,25 @@ def test_resume_from_last_checkpoint_runs_only_the_remaining_epochs(make_cfg, tm
     assert RecordEpochs.epochs == [2]  # a fit restarted from scratch would run epochs 0, 1 and 2
     resumed = torch.load(last, weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == saved["global_step"] * 3 // 2
+
+
+def test_a_fit_resumed_after_a_crash_ends_with_the_uninterrupted_fits_weights(tmp_path):
+    run = FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false", "seed=0"]
+    crash = ["+callbacks.crash._target_=tests.test_prune.CrashAtEpochTwo"]
+
+    def final_weights(out) -> dict[str, torch.Tensor]:
+        return torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    train(compose_config("train", run, tmp_path / "whole"))
+    whole = final_weights(tmp_path / "whole")
+    for kept, extra in ((True, []), (False, ["~callbacks.random_state"])):
+        out = tmp_path / f"resumed_{kept}"
+        with pytest.raises(RuntimeError, match="simulated crash"):  # after epochs 0 and 1 were checkpointed
+            train(compose_config("train", run + extra + crash, out))
+        train(compose_config("train", run + extra + [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], out))
+        resumed = final_weights(out)
+        same = all(torch.equal(resumed[k], whole[k]) for k in whole)
+        assert same == kept, f"random states kept: {kept}"  # without them, epoch 2 replays epoch 0's draws
 
 
 def test_wandb_logger_without_api_key_logs_offline(make_cfg, tmp_path, monkeypatch):
