@@ -412,29 +412,41 @@ def paired_plot(rows: list[dict], reference: str, path: Path) -> Path:
 
 
 def bar_plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
-    """One budget: a horizontal bar per row, best at the top; the accuracy right after pruning, and after
-    fine-tuning for the rows that were fine-tuned. The title gives the share of ``resource`` kept."""
+    """One budget, a row per criterion, best at the top: the accuracy right after pruning as bars on the full 0-100%
+    scale and, beside it when rows were fine-tuned, the accuracy after fine-tuning as points (mean ± std over seeds)
+    on a scale spanning only those points and the baseline, where differences of a fraction of a point show. The
+    title gives the share of ``resource`` kept."""
     rows = sorted(rows, key=lambda r: (r["acc_finetuned"][0], r["acc_pruned"][0]))
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)), layout="constrained")
-    y = list(range(len(rows)))
     tuned = [j for j, r in enumerate(rows) if r["finetuned"]]
-    height = 0.4 if tuned else 0.7
-    ax.barh([j - height / 2 if j in tuned else j for j in y], [100 * r["acc_pruned"][0] for r in rows], height,
-            xerr=[100 * r["acc_pruned"][1] for r in rows], capsize=3, color="C0", label="right after pruning")
+    fig, axes = plt.subplots(1, 2 if tuned else 1, sharey=True, squeeze=False, layout="constrained",
+                             figsize=(11 if tuned else 8, 1.6 + 0.3 * len(rows)))
+    y = list(range(len(rows)))
+    baseline = 100 * rows[0]["acc_baseline"][0]
+    pruned = axes[0][0]
+    pruned.barh(y, [100 * r["acc_pruned"][0] for r in rows], 0.6, xerr=[100 * r["acc_pruned"][1] for r in rows],
+                capsize=3, color="C0")
+    pruned.set_xlim(0, 100)
+    pruned.set_xlabel("right after pruning: test accuracy (%)")
+    pruned.set_yticks(y, [label(r) for r in rows], fontsize=8)
     if tuned:
-        ax.barh([j + height / 2 for j in tuned], [100 * rows[j]["acc_finetuned"][0] for j in tuned], height,
-                xerr=[100 * rows[j]["acc_finetuned"][1] for j in tuned], capsize=3, color="C1",
-                label="after fine-tuning")
-    ax.axvline(100 * rows[0]["acc_baseline"][0], color="k", linestyle=":", label="baseline")
-    ax.set_yticks(y, [label(r) for r in rows], fontsize=8)
-    ax.set_xlabel("test accuracy (%), mean ± std over seeds")
+        finetuned = axes[0][1]
+        means = [100 * rows[j]["acc_finetuned"][0] for j in tuned]
+        stds = [100 * rows[j]["acc_finetuned"][1] for j in tuned]
+        finetuned.errorbar(means, tuned, xerr=stds, fmt="o", capsize=3, color="C1")
+        low = min(m - s for m, s in zip(means, stds))
+        high = max(baseline, *(m + s for m, s in zip(means, stds)))
+        margin = 0.05 * (high - low) + 0.1
+        finetuned.set_xlim(low - margin, high + margin)
+        finetuned.set_xlabel("after fine-tuning: test accuracy (%), axis zoomed to the points")
+    for ax in axes[0]:
+        ax.axvline(baseline, color="k", linestyle=":", label="baseline" if ax is pruned else None)
+        ax.grid(axis="x", alpha=0.3)
     kept = sorted({f"{100 * r[f'{resource}_remaining'][0]:.1f}" for r in rows}, key=float)
     targets = sorted({str(r["target"]) for r in rows})
     span = kept[0] if len(kept) == 1 else f"{kept[0]}-{kept[-1]}"
-    ax.set_title(f"target {', '.join(targets)}: {span}% of the {RESOURCES[resource]} remain", fontsize=9)
-    ax.set_xlim(0, 100)
-    ax.grid(axis="x", alpha=0.3)
-    fig.legend(fontsize=7, loc="outside lower center", ncol=3)
+    fig.suptitle(f"target {', '.join(targets)}: {span}% of the {RESOURCES[resource]} remain; mean ± std over seeds",
+                 fontsize=9)
+    fig.legend(fontsize=7, loc="outside lower center")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -10,6 +10,7 @@ import pytest
 
 from infoprune.pruning.report import (
     aggregate,
+    bar_plot,
     grouped_phases,
     label,
     load_runs,
@@ -276,15 +277,34 @@ def test_the_plot_can_put_flops_on_its_x_axis_and_an_unknown_axis_fails_before_w
 
 def test_rows_at_one_budget_under_different_targets_are_drawn_as_bars(tmp_path, monkeypatch):
     import matplotlib.axes
+    import matplotlib.figure
     dirs = write_sweeps(tmp_path)
     for file in tmp_path.rglob("results.json"):  # targets 0.5 and 0.7, every run keeping 31.8-31.9% of the FLOPs
         run = json.loads(file.read_text())
         file.write_text(json.dumps({**run, "flops_remaining": 0.318 + 0.001 * (run["target"] == 0.7)}))
-    titles, set_title = [], matplotlib.axes.Axes.set_title
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
-                        lambda self, text, *args, **kwargs: titles.append(text) or set_title(self, text, *args, **kwargs))
+    titles = []
+    for owner, name in ((matplotlib.axes.Axes, "set_title"), (matplotlib.figure.Figure, "suptitle")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda self, text, *args, _original=original, **kwargs:
+                            titles.append(text) or _original(self, text, *args, **kwargs))
     write_report(*dirs, out=tmp_path / "flops", x="flops")
-    assert titles == ["target 0.5, 0.7: 31.8-31.9% of the FLOPs remain"]
+    assert titles == ["target 0.5, 0.7: 31.8-31.9% of the FLOPs remain; mean ± std over seeds"]
     titles.clear()
     write_report(*dirs, out=tmp_path / "params", x="params")  # 50% and 30% of the parameters: a line plot
     assert titles == ["after fine-tuning", "right after pruning"]
+
+
+def test_fine_tuned_accuracies_get_an_axis_spanning_only_them_and_the_baseline(tmp_path, monkeypatch):
+    import matplotlib.axes
+    limits, set_xlim = [], matplotlib.axes.Axes.set_xlim
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlim",
+                        lambda self, *args, **kwargs: limits.append(args) or set_xlim(self, *args, **kwargs))
+    rows = [{"metric": metric, "scope": "layerwise", "schedule": "oneshot", "target": 0.7, "by": (), "finetuned": True,
+             "acc_pruned": (pruned, 0.01), "acc_finetuned": (tuned, 0.002), "acc_baseline": (0.8544, 0.0),
+             "params_remaining": (0.315, 0.0)} for metric, pruned, tuned in
+            (("fpgm", 0.283, 0.8208), ("l1_in", 0.207, 0.8164), ("apoz", 0.244, 0.8046))]
+    assert bar_plot(rows, tmp_path / "bars.png").stat().st_size > 1000
+    chosen = [args for args in limits if len(args) == 2]  # matplotlib's own autoscaling passes one sequence
+    assert chosen[0] == (0, 100) and len(chosen) == 2  # bars after pruning on 0-100%, then the fine-tuned points
+    low, high = chosen[1]
+    assert 80.46 - 0.2 - 1 < low < 80.46 - 0.2 and 85.44 < high < 85.44 + 1  # a 1-point gap spans a fifth of it
