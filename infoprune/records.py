@@ -3,7 +3,8 @@
 A finished job's record is its ``results.json`` with the ``config_resolved.yaml`` and ``overrides.yaml`` beside it
 (what :func:`infoprune.pruning.report.load_runs` reads, and what a rerun of the sweep recognises as done); a
 finished baseline-cache entry is its ``baseline-<digest>.ckpt`` (weights only) with its training curve
-``baseline-<digest>.json``. Checkpoints of jobs, logs and unfinished work (``*.partial``, ``*.lock``) are not
+``baseline-<digest>.json``; a sensitivity analysis's record is its ``sensitivity.csv`` (what
+``pruning/scope=sensitivity`` reads). Checkpoints of jobs, logs and unfinished work (``*.partial``, ``*.lock``) are not
 records. Copying records from ``logs/`` into a published directory keeps them across fresh checkouts; copying them
 back lets a rerun of the same sweep skip every finished job and every trained baseline::
 
@@ -21,9 +22,10 @@ JOB_RECORD = ("results.json", "config_resolved.yaml", "overrides.yaml")
 
 
 def record_files(root: str | Path) -> list[Path]:
-    """Paths, relative to ``root``, of every finished job's record and every finished baseline-cache entry."""
+    """Paths, relative to ``root``, of every finished job's record, every finished baseline-cache entry and every
+    sensitivity table."""
     root = Path(root)
-    found = set()
+    found = set(root.rglob("sensitivity.csv"))
     for results in root.rglob("results.json"):
         found.update(results.with_name(name) for name in JOB_RECORD if results.with_name(name).exists())
     for weights in root.rglob("baseline-*.ckpt"):
@@ -39,7 +41,8 @@ def copy_records(source: str | Path, target: str | Path) -> dict[str, int]:
     source, target = Path(source), Path(target)
     files = record_files(source)
     if not files:
-        raise FileNotFoundError(f"no finished job (results.json) or baseline-cache entry under {source}")
+        raise FileNotFoundError(f"no finished job (results.json), baseline-cache entry or sensitivity table under "
+                                f"{source}")
     clashes = [f for f in files if (target / f).exists() and not filecmp.cmp(source / f, target / f, shallow=False)]
     if clashes:
         listed = ", ".join(str(target / f) for f in clashes[:5])
