@@ -76,8 +76,9 @@ def set_random_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
                          numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many devices as both machines have
+        for device, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, device)
 
 
 class RandomStateCheckpoint(pl.Callback):
