@@ -84,31 +84,16 @@ def set_random_state(state: dict[str, Any]) -> None:
 class RandomStateCheckpoint(pl.Callback):
     """The random generators' states (:func:`random_state`) kept in every checkpoint and put back when a fit resumes
     from one, so that the resumed fit shuffles, augments and drops out as the uninterrupted fit would have; without
-    it, the resumed process starts from the seed again and replays the first epoch's random draws. The sanity check
-    of a resumed fit leaves the generators as it found them (the uninterrupted fit ran its check before epoch 0).
-    Under DDP every rank gets rank 0's states (the ranks' generators agree when they were seeded alike). DataLoader
-    workers that outlive an epoch (``persistent_workers``) keep generators of their own, which this does not reach.
-    """
-
-    def __init__(self) -> None:
-        self.resumed = False
-        self.before_check: dict[str, Any] | None = None
+    it, the resumed process starts from the seed again and replays the first epoch's random draws. (Lightning runs
+    the sanity check inside ``isolate_rng``, so it does not move the restored generators.) Under DDP every rank gets
+    rank 0's states (the ranks' generators agree when they were seeded alike). DataLoader workers that outlive an
+    epoch (``persistent_workers``) keep generators of their own, which this does not reach."""
 
     def state_dict(self) -> dict[str, Any]:
         return random_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_random_state(state_dict)
-        self.resumed = True
-
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.resumed:
-            self.before_check = random_state()
-
-    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.before_check is not None:
-            set_random_state(self.before_check)
-            self.before_check = None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
