@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
@@ -92,6 +93,7 @@ class PruningRun:
     def __init__(self, cfg: DictConfig, checked: CheckedRun) -> None:
         self.cfg, self.metric = cfg, checked.metric
         self.started = time.perf_counter()
+        self.carried_s = 0.0  # seconds an interrupted earlier process spent on work this run keeps (resumed)
         self.phases: dict[str, float] = {}  # wall seconds per phase, in the order they ran
         self.baseline_curve: list[float] | None = None
         self.out = Path(cfg.paths.output_dir)
@@ -164,13 +166,23 @@ class PruningRun:
     def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None,
             **trainer_args: Any) -> None:
         """Train ``model`` for ``epochs`` in a fresh Trainer (resuming from ``ckpt_path``; ``trainer_args`` go to
-        :meth:`trainer`), then load its best checkpoint's weights."""
+        :meth:`trainer`), then load its best checkpoint's weights. A resumed fit's phase time also counts the
+        training time its checkpoint carries (Lightning's ``Timer`` state: the epochs an interrupted process
+        finished)."""
         with self.timed(phase):
             trainer = self.trainer(phase, max_epochs=epochs, fit=True, **trainer_args)
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            if timer is None:
+                timer = Timer()
+                trainer.callbacks.append(timer)
             trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)
             best = best_checkpoint(trainer)
             if best:
                 model.load_state_dict(read_checkpoint(best)["state_dict"])
+        start, end = timer.start_time(), timer.end_time()
+        carried = timer.time_elapsed() - (end - start if start is not None and end is not None else 0.0)
+        self.phases[phase] += carried
+        self.carried_s += carried
 
     # -- phases ------------------------------------------------------------------------------------------------
     def baseline(self) -> ImageClassifier:
@@ -276,6 +288,7 @@ class PruningRun:
                                  f"settings to resume it, or choose another output directory")
             log.info("resuming the fine-tune from %s", last)
             self.phases.update(state.get("phases", {}))
+            self.carried_s += sum(self.phases.values())
             model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=False)
             resume = str(last)
         else:
@@ -392,6 +405,11 @@ class PruningRun:
     def is_global_zero() -> bool:
         return rank_and_world_size()[0] == 0
 
+    def wall_s(self) -> float:
+        """Seconds this run took: this process's time plus what interrupted earlier processes spent on the work it
+        resumed (their pruning phases and checkpointed training epochs)."""
+        return time.perf_counter() - self.started + self.carried_s
+
     def finish(self, model: ImageClassifier, state: dict[str, Any]) -> dict[str, Any]:
         """Save the final slimmed network and ``results.json``, log the summary, print the table."""
         summary = state["summary"]
@@ -406,7 +424,7 @@ class PruningRun:
             "acc_finetuned": state["finetuned"]["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
             "groups": state.get("groups", {}), "step_finetune_epochs": self.step_finetune_epochs(),
-            "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": time.perf_counter() - self.started,
+            "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": self.wall_s(),
             "phase_s": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "baseline_val_acc": state.get("baseline_curve"),
             "threads": torch.get_num_threads(),

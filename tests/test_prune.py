@@ -169,12 +169,14 @@ def test_global_scope_reaches_its_budget(tmp_path, baseline):
 
 def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, baseline):
     overrides = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=4",
-                 "+callbacks.crash._target_=tests.test_prune.CrashAtEpochTwo"]
+                 "+callbacks.crash._target_=tests.test_prune.SlowCrashAtEpochTwo"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_prune(tmp_path, overrides)
     out = tmp_path / "run"
     last = out / "finetune" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["epoch"] == 1
+    trained_before_crash = torch.load(last, weights_only=False)["callbacks"]["Timer"]["time_elapsed"]["train"]
+    assert trained_before_crash >= SlowCrashAtEpochTwo.pause_s
     pruned_hash = hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest()
     with pytest.raises(FileNotFoundError):  # a failing rerun (bad checkpoint path) touches nothing
         run_prune(tmp_path, [f"ckpt_path={tmp_path / 'missing.ckpt'}", "finetune.max_epochs=4"])
@@ -189,6 +191,9 @@ def test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing(tmp_path, 
     assert torch.load(last, weights_only=False)["lr_schedulers"][0]["T_max"] == 4  # the baseline's cosine, stretched
     assert hashlib.md5((out / "pruned.ckpt").read_bytes()).hexdigest() == pruned_hash
     assert not (out / "baseline").exists() and 0.45 < results["params_remaining"] < 0.55
+    # the record's time counts the interrupted process's checkpointed epochs and pruning phases
+    assert results["phase_s"]["finetune"] >= trained_before_crash
+    assert results["wall_s"] >= sum(results["phase_s"].values()) > trained_before_crash
     finished = (out / "results.json").read_text(), last.stat().st_mtime_ns
     assert run_prune(tmp_path, overrides[:-1]) == results  # a finished run is returned, not redone
     assert ((out / "results.json").read_text(), last.stat().st_mtime_ns) == finished
@@ -211,6 +216,17 @@ class CrashAtEpochTwo(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 2:
             raise RuntimeError("simulated crash")
+
+
+class SlowCrashAtEpochTwo(CrashAtEpochTwo):
+    """:class:`CrashAtEpochTwo`, with epoch 1 taking at least ``pause_s`` seconds longer (so that the crashed
+    process's training time exceeds what the resumed process spends on its epochs 2 and 3)."""
+    pause_s = 3.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            time.sleep(self.pause_s)
+        super().on_train_epoch_start(trainer, pl_module)
 
 
 def test_bad_input_is_rejected_before_any_work(tmp_path, baseline):
