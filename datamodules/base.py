@@ -154,11 +154,13 @@ class ImageDataModule(pl.LightningDataModule):
         return self.train_set
 
     def calibration_batches(self, num_images: int, batch_size: int, seed: int, device: torch.device,
-                            rank: int = 0, world_size: int = 1):
+                            rank: int = 0, world_size: int = 1, augment: bool = False):
         """A callable yielding normalised ``(images, labels)`` batches on ``device`` for channel statistics:
         ``num_images`` images drawn (seeded) from ``calibration_dataset()``, cut into batches of ``batch_size``,
         batch ``i`` going to process ``i % world_size``. No image is repeated or padded, and every batch is the
-        same as in a single-process run, so per-image activations do not depend on the number of processes."""
+        same as in a single-process run, so per-image activations do not depend on the number of processes.
+        ``augment``: the training augmentation applied to them, drawn from a generator seeded with ``seed`` (the
+        same crops and flips on every call and process; the global random state is left as it was)."""
         if self.train_set is None:
             self.setup("fit")
         dataset = self.calibration_dataset()
@@ -168,8 +170,14 @@ class ImageDataModule(pl.LightningDataModule):
         loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=self.num_workers)
 
         def batches():
-            for images, labels in loader:
-                yield self.transform_batch(images.to(device), train=False), labels.to(device)
+            if not augment:
+                for images, labels in loader:
+                    yield self.transform_batch(images.to(device), train=False), labels.to(device)
+                return
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                for images, labels in loader:
+                    yield self.transform_batch(images.to(device), train=True), labels.to(device)
 
         return batches
 

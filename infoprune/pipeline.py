@@ -48,10 +48,20 @@ from infoprune.validation import CheckedRun, validate_pruning
 log = logging.getLogger(__name__)
 
 
+#: settings added after runs were recorded, each with the value that does what those runs did: at that value a
+#: setting is left out of :func:`resume_key`, so that their records still match the settings that reproduce them
+SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False}
+
+
 def resume_key(cfg: DictConfig) -> dict:
-    """The settings a resumed run must share with the interrupted one (and a finished run with its rerun)."""
+    """The settings a resumed run must share with the interrupted one (and a finished run with its rerun), less
+    those of :data:`SETTINGS_ADDED` at their earlier behaviour's value."""
     full = resolved(cfg)
-    return {key: full.get(key) for key in ("model", "datamodule", "pruning", "finetune", "ckpt_path", "seed")}
+    key = {name: full.get(name) for name in ("model", "datamodule", "pruning", "finetune", "ckpt_path", "seed")}
+    for (section, name), earlier in SETTINGS_ADDED.items():
+        if isinstance(key.get(section), dict) and name in key[section] and key[section][name] == earlier:
+            key[section] = {k: v for k, v in key[section].items() if k != name}
+    return key
 
 
 def settings_digest(cfg: DictConfig) -> str:
@@ -248,12 +258,14 @@ class PruningRun:
         return pruning.select(model.net, layers, scores, amount, example, only=step.layers)
 
     def recalibrate(self, model: ImageClassifier) -> None:
-        """Re-estimate BatchNorm statistics on ``pruning.recalibrate_bn_images`` training images (0: off), the same
-        images on every process so every rank keeps the same network."""
+        """Re-estimate BatchNorm statistics on ``pruning.recalibrate_bn_images`` training images (0: off), augmented
+        as in training when ``pruning.recalibrate_bn_augment``; the same images and augmentation on every process so
+        every rank keeps the same network."""
         images = int(self.cfg.pruning.get("recalibrate_bn_images") or 0)
         if images > 0:
             stats = self.cfg.pruning.stats
-            batches = self.datamodule.calibration_batches(images, stats.batch_size, stats.seed, model.device)
+            batches = self.datamodule.calibration_batches(images, stats.batch_size, stats.seed, model.device,
+                                                          augment=bool(self.cfg.pruning.get("recalibrate_bn_augment")))
             with self.timed("recalibration"):
                 recalibrate_batchnorm(model.net, batches)
 

@@ -1,6 +1,7 @@
 """Sensitivity analysis: prune one channel group at a time at each of ``sensitivity.ratios`` with the configured
 criterion, measure validation accuracy without fine-tuning (BatchNorm re-estimated on
-``sensitivity.recalibrate_bn_images`` training images; 0: off), and write ``sensitivity.csv`` with two plots
+``sensitivity.recalibrate_bn_images`` training images, augmented as in training when
+``sensitivity.recalibrate_bn_augment``; 0 images: off), and write ``sensitivity.csv`` with two plots
 (accuracy against ratio, one line per group; a heat map of the accuracy lost).
 
     DATA_DIR=../shared/datasets python -m infoprune.sensitivity experiment=cpu/layerwise_cifar10_jpeg \\
@@ -106,14 +107,15 @@ class SensitivityRun(PruningRun):
         trainer = self.evaluator()
         scores = self.scores(model, "scores")
         images, stats = int(cfg.sensitivity.get("recalibrate_bn_images") or 0), cfg.pruning.stats
+        augment = bool(cfg.sensitivity.get("recalibrate_bn_augment"))
         original = {k: v.clone() for k, v in model.state_dict().items()}
 
         def accuracy() -> float:
             """Validation accuracy of the network as it is now (BatchNorm re-estimated first, when set); the
             network is restored afterwards."""
             if images > 0:
-                recalibrate_batchnorm(model.net, self.datamodule.calibration_batches(images, stats.batch_size,
-                                                                                     stats.seed, model.device))
+                recalibrate_batchnorm(model.net, self.datamodule.calibration_batches(
+                    images, stats.batch_size, stats.seed, model.device, augment=augment))
             acc = float(trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]["val/acc"])
             model.load_state_dict(original)
             return acc

@@ -170,6 +170,18 @@ def test_digits_split_is_fixed_and_a_partition_of_the_images():
     assert not torch.equal(a.val_set.labels, b.val_set.labels)
 
 
+def test_augmented_calibration_batches_are_seeded_and_leave_the_global_random_state_alone():
+    dm = DigitsDataModule()  # random crops of 1 pixel in training
+    clean = list(dm.calibration_batches(200, 64, 3, torch.device("cpu"))())
+    state = torch.get_rng_state()
+    augmented = list(dm.calibration_batches(200, 64, 3, torch.device("cpu"), augment=True)())
+    assert torch.equal(torch.get_rng_state(), state)
+    again = list(dm.calibration_batches(200, 64, 3, torch.device("cpu"), augment=True)())
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(augmented, again))  # the same crops on every call
+    assert all(torch.equal(a[1], c[1]) for a, c in zip(augmented, clean))  # the same images, in the same order
+    assert not torch.equal(torch.cat([a[0] for a in augmented]), torch.cat([c[0] for c in clean]))
+
+
 def test_random_crop_takes_windows_of_the_padded_image():
     torch.manual_seed(0)
     images = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)

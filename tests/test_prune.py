@@ -16,11 +16,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.errors import MissingConfigException
+from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models.classifier import ImageClassifier
-from infoprune.pipeline import prune
+from infoprune.pipeline import prune, settings_digest
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import find_prunable_layers
@@ -128,18 +129,33 @@ def test_results_record_wall_time_per_phase_and_the_report_shows_it(tmp_path, ba
     assert f"| {results['wall_s']:.1f} |" in text  # the phases and 'other' add up to the job's wall time
 
 
-def test_batchnorm_is_re_estimated_after_pruning_when_asked(tmp_path, baseline):
+@pytest.mark.parametrize("augment", [True, False])
+def test_batchnorm_is_re_estimated_after_pruning_when_asked(tmp_path, baseline, augment):
+    """On the calibration images augmented as in training (the digits' random crops) or as they are."""
     common = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=0"]
     run_prune(tmp_path, common, "plain")
-    run_prune(tmp_path, common + ["pruning.recalibrate_bn_images=300"], "recalibrated")
-    plain = ImageClassifier.load_from_checkpoint(tmp_path / "plain" / "pruned.ckpt", weights_only=False)
+    run_prune(tmp_path, common + ["pruning.recalibrate_bn_images=300", f"pruning.recalibrate_bn_augment={augment}"],
+              "recalibrated")
     recalibrated = torch.load(tmp_path / "recalibrated" / "pruned.ckpt", weights_only=False)["state_dict"]
-    datamodule = DigitsDataModule()
-    recalibrate_batchnorm(plain.net, datamodule.calibration_batches(300, 256, 0, torch.device("cpu")))
     running = [k for k in recalibrated if k.endswith("running_mean") or k.endswith("running_var")]
-    assert running and all(torch.allclose(plain.state_dict()[k], recalibrated[k], atol=1e-6) for k in running)
+    datamodule = DigitsDataModule()
+    for reference_augment in (True, False):
+        plain = ImageClassifier.load_from_checkpoint(tmp_path / "plain" / "pruned.ckpt", weights_only=False)
+        recalibrate_batchnorm(plain.net, datamodule.calibration_batches(300, 256, 0, torch.device("cpu"),
+                                                                        augment=reference_augment))
+        matches = all(torch.allclose(plain.state_dict()[k], recalibrated[k], atol=1e-6) for k in running)
+        assert running and matches == (reference_augment == augment), reference_augment
     before = torch.load(tmp_path / "plain" / "pruned.ckpt", weights_only=False)["state_dict"]
     assert not all(torch.allclose(before[k], recalibrated[k]) for k in running)  # the statistics did change
+
+
+def test_a_setting_added_later_keeps_the_records_made_before_it_at_the_value_that_reproduces_them(tmp_path):
+    earlier = compose_config("prune", QUICK, tmp_path / "run")
+    with open_dict(earlier):
+        del earlier.pruning.recalibrate_bn_augment  # a config from before the setting existed
+    same = compose_config("prune", QUICK + ["pruning.recalibrate_bn_augment=false"], tmp_path / "run")
+    other = compose_config("prune", QUICK + ["pruning.recalibrate_bn_augment=true"], tmp_path / "run")
+    assert settings_digest(same) == settings_digest(earlier) != settings_digest(other)
 
 
 def test_layer_by_layer_schedule_prunes_one_layer_per_step_with_a_fine_tune_between(tmp_path, baseline):
