@@ -52,12 +52,24 @@ log = logging.getLogger(__name__)
 #: setting is left out of :func:`resume_key`, so that their records still match the settings that reproduce them
 SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False}
 
+#: datamodule settings that say where the data lives (and whether to fetch it), not what it is: left out of every
+#: key, so that a run, a record or a cached baseline is recognised on a machine that keeps the data elsewhere
+DATA_LOCATION = ("data_dir", "cache_dir", "download")
+
+
+def data_identity(datamodule: dict) -> dict:
+    """The resolved datamodule settings less :data:`DATA_LOCATION`: the data and how it is split, batched and
+    augmented."""
+    return {name: value for name, value in datamodule.items() if name not in DATA_LOCATION}
+
 
 def resume_key(cfg: DictConfig) -> dict:
     """The settings a resumed run must share with the interrupted one (and a finished run with its rerun), less
-    those of :data:`SETTINGS_ADDED` at their earlier behaviour's value."""
+    the data's location (:func:`data_identity`) and those of :data:`SETTINGS_ADDED` at their earlier behaviour's
+    value."""
     full = resolved(cfg)
-    key = {name: full.get(name) for name in ("model", "datamodule", "pruning", "finetune", "ckpt_path", "seed")}
+    key = {name: full.get(name) for name in ("model", "pruning", "finetune", "ckpt_path", "seed")}
+    key["datamodule"] = data_identity(full["datamodule"])
     for (section, name), earlier in SETTINGS_ADDED.items():
         if isinstance(key.get(section), dict) and name in key[section] and key[section][name] == earlier:
             key[section] = {k: v for k, v in key[section].items() if k != name}
@@ -71,12 +83,12 @@ def settings_digest(cfg: DictConfig) -> str:
 
 def baseline_cache_file(cfg: DictConfig) -> Path | None:
     """``<baseline_cache>/<hash>.ckpt`` for the settings that determine a trained baseline (model, optimizer and
-    scheduler, datamodule, training epochs, seed), or None when ``baseline_cache`` is unset."""
+    scheduler, data (:func:`data_identity`), training epochs, seed), or None when ``baseline_cache`` is unset."""
     if not cfg.get("baseline_cache"):
         return None
     full = resolved(cfg)
-    key = {"model": full["model"], "datamodule": full["datamodule"], "epochs": full["trainer"]["max_epochs"],
-           "seed": full.get("seed")}
+    key = {"model": full["model"], "datamodule": data_identity(full["datamodule"]),
+           "epochs": full["trainer"]["max_epochs"], "seed": full.get("seed")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.baseline_cache) / f"baseline-{digest}.ckpt"
 

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models.classifier import ImageClassifier
-from infoprune.pipeline import prune, settings_digest
+from infoprune.pipeline import baseline_cache_file, prune, settings_digest
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import find_prunable_layers
@@ -156,6 +156,19 @@ def test_a_setting_added_later_keeps_the_records_made_before_it_at_the_value_tha
     same = compose_config("prune", QUICK + ["pruning.recalibrate_bn_augment=false"], tmp_path / "run")
     other = compose_config("prune", QUICK + ["pruning.recalibrate_bn_augment=true"], tmp_path / "run")
     assert settings_digest(same) == settings_digest(earlier) != settings_digest(other)
+
+
+@pytest.mark.parametrize("datamodule,moved", [
+    ("mnist", ["paths.data_dir=/elsewhere/data", "datamodule.download=true"]),
+    ("cifar10_jpeg", ["paths.data_dir=/elsewhere/data", "paths.cache_dir=/elsewhere/cache"]),
+])
+def test_runs_and_baselines_are_recognised_with_the_data_kept_elsewhere(tmp_path, datamodule, moved):
+    common = QUICK + [f"datamodule={datamodule}", f"baseline_cache={tmp_path / 'cache'}"]
+    here = compose_config("prune", common, tmp_path / "run")
+    elsewhere = compose_config("prune", common + moved, tmp_path / "run")
+    other_split = compose_config("prune", common + ["datamodule.split_seed=1"], tmp_path / "run")
+    assert settings_digest(here) == settings_digest(elsewhere) != settings_digest(other_split)
+    assert baseline_cache_file(here) == baseline_cache_file(elsewhere) != baseline_cache_file(other_split)
 
 
 def test_layer_by_layer_schedule_prunes_one_layer_per_step_with_a_fine_tune_between(tmp_path, baseline):
