@@ -3,6 +3,7 @@ batch augmentation on the model's device."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -170,14 +171,12 @@ class ImageDataModule(pl.LightningDataModule):
         loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=self.num_workers)
 
         def batches():
-            if not augment:
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices) if augment else nullcontext():
+                if augment:
+                    torch.manual_seed(seed)
                 for images, labels in loader:
-                    yield self.transform_batch(images.to(device), train=False), labels.to(device)
-                return
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                for images, labels in loader:
-                    yield self.transform_batch(images.to(device), train=True), labels.to(device)
+                    yield self.transform_batch(images.to(device), train=augment), labels.to(device)
 
         return batches
 
