@@ -6,7 +6,7 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 that recorded their validation curve get a plateau table and a plot of the curves. With one ``--by`` key (e.g.
 ``finetune.max_epochs``) the page also ranks the metrics at each of its values, with Kendall's tau between
 consecutive rankings (does the order still change with a longer fine-tune?) and the pairs that change order, each
-with its gap at the longer length against the seed spread.
+with its gap at the longer length against the seed spread of the pair's paired difference.
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
@@ -138,12 +138,20 @@ def paired_differences(runs: list[dict], reference: str, by: tuple[str, ...] = (
     return differences
 
 
+def per_seed_accuracy(runs: list[dict]) -> dict[object, float]:
+    """Seed -> mean :func:`final_accuracy` of the runs with that seed."""
+    by_seed: dict[object, list[float]] = defaultdict(list)
+    for run in runs:
+        by_seed[run.get("seed")].append(final_accuracy(run))
+    return {seed: statistics.fmean(accs) for seed, accs in by_seed.items()}
+
+
 def aggregate(runs: list[dict], by: tuple[str, ...] = (), reference: str | None = None) -> list[dict]:
     """One row per (metric, scope, schedule, target, *by): mean and std over seeds of every column, and the seeds.
     ``finetuned`` says whether any run of the row was fine-tuned (see :func:`was_finetuned`); ``acc_finetuned`` is
     then over those runs only, else it repeats the pruned accuracy. ``drop``: :func:`accuracy_drop` over the same
     runs. With a ``reference`` metric, ``vs_reference``: mean and std of :func:`paired_differences` and their
-    count (absent where no seed pairs)."""
+    count (absent where no seed pairs). ``per_seed``: :func:`per_seed_accuracy` of the same runs."""
     keys = GROUP + tuple(by)
     paired = paired_differences(runs, reference, by) if reference else {}
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -165,6 +173,7 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = (), reference: str | None 
                 row[optional] = mean_std([m[optional] for m in members])
         if paired.get(key):
             row["vs_reference"] = (*mean_std(paired[key]), len(paired[key]))
+        row["per_seed"] = per_seed_accuracy(tuned or members)
         if all(m.get("channels_before") for m in members):
             row["kept"] = {layer: statistics.fmean(m["channels_after"][layer] / m["channels_before"][layer]
                                                    for m in members) for layer in members[0]["channels_before"]}
@@ -235,11 +244,11 @@ def ranking_table(rows: list[dict]) -> str:
     if not rows or len(rows[0]["by"]) != 1:
         return ""
     key = rows[0]["by"][0]
-    settings: dict[tuple, dict[object, dict[str, tuple[float, float | None]]]] = defaultdict(lambda: defaultdict(dict))
+    settings: dict[tuple, dict[object, dict[str, tuple]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         mean, std = r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"]
         spread = std if len(r["seeds"]) > 1 else None  # one seed: no spread
-        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = (mean, spread)
+        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = (mean, spread, r["per_seed"])
     lines = []
     for (scope, schedule, target), by_value in settings.items():
         values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
@@ -262,11 +271,13 @@ def ranking_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, float | None]]) -> list[tuple]:
-    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean and seed std of
-    accuracy, the std None for one seed): ``(ahead, behind, gap, spread)`` with ``ahead`` the better one after,
-    ``gap`` its lead in mean accuracy there and ``spread`` the larger of the two stds there (None if either is
-    None); largest gap first. Ties on either side are no change."""
+def order_changes(ranks_before: dict[str, int], after: dict[str, tuple]) -> list[tuple]:
+    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean accuracy, its std
+    over seeds or None for one seed, and optionally seed -> accuracy): ``(ahead, behind, gap, spread, paired)``
+    with ``ahead`` the better one after, ``gap`` its lead in mean accuracy there, ``spread`` the larger of the two
+    stds there (None if either is None) and ``paired`` the std over seeds of ``ahead - behind`` on the seeds both
+    ran (the same baseline per seed, so the baselines' spread cancels; None with fewer than two such seeds);
+    largest gap first. Ties on either side are no change."""
     shared = sorted(set(ranks_before) & set(after))
     changes = []
     for i, m in enumerate(shared):
@@ -276,25 +287,46 @@ def order_changes(ranks_before: dict[str, int], after: dict[str, tuple[float, fl
             if before * gap > 0:  # m behind n before (larger rank) and ahead after, or the reverse
                 ahead, behind = (m, n) if gap > 0 else (n, m)
                 spreads = (after[m][1], after[n][1])
-                changes.append((ahead, behind, abs(gap), None if None in spreads else max(spreads)))
+                changes.append((ahead, behind, abs(gap), None if None in spreads else max(spreads),
+                                paired_std(after[ahead], after[behind])))
     return sorted(changes, key=lambda c: -c[2])
 
 
-def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple[float, float | None]],
+def paired_std(first: tuple, second: tuple) -> float | None:
+    """Sample std over the seeds both ran of ``first - second`` (seed -> accuracy as the third item of each);
+    None with fewer than two shared seeds or without per-seed accuracies."""
+    if len(first) < 3 or len(second) < 3:
+        return None
+    seeds = set(first[2]) & set(second[2])
+    return statistics.stdev(first[2][s] - second[2][s] for s in seeds) if len(seeds) > 1 else None
+
+
+def points_cell(value: float | None) -> str:
+    """A fraction in points with two decimals; ``-`` for None."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple],
                         before_name: str, after_name: str) -> list[str]:
-    """Markdown lines listing :func:`order_changes`, gap and spread in points: a gap inside the seed spread is a
+    """Markdown lines listing :func:`order_changes`, gap and spreads in points: a gap inside the paired std is a
     swap between metrics the seeds do not separate; a gap beyond it is an order that still moves."""
     changes = order_changes(ranks_before, after)
     if not changes:
         return [f"\nEvery pair of metrics keeps its order from {before_name} to {after_name}."]
+    paired_known = [c for c in changes if c[4] is not None]
     spread_known = [c for c in changes if c[3] is not None]
-    beyond = sum(gap > spread for _, _, gap, spread in spread_known)
-    counted = (f", of which {beyond} with a gap at {after_name} larger than the larger seed std of the pair"
-               if spread_known else " (one seed: no spread to compare the gaps with)")
+    if paired_known:
+        beyond_paired = sum(c[2] > c[4] for c in paired_known)
+        beyond_spread = sum(c[2] > c[3] for c in spread_known)
+        counted = (f", of which {beyond_paired} with a gap at {after_name} larger than the std over seeds of the "
+                   f"pair's paired difference ({beyond_spread} larger than the larger seed std of the two)")
+    else:
+        counted = " (one seed: no spread to compare the gaps with)"
     lines = [f"\nPairs in a different order at {before_name} and {after_name}: {len(changes)}{counted}:", "",
-             f"| ahead at {after_name} | behind | gap (points) | larger seed std (points) |", "|---|---|---|---|"]
-    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {'-' if spread is None else format(100 * spread, '.2f')} |"
-                    for a, b, gap, spread in changes]
+             f"| ahead at {after_name} | behind | gap (points) | paired std (points) | larger seed std (points) |",
+             "|---|---|---|---|---|"]
+    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {points_cell(paired)} | {points_cell(spread)} |"
+                    for a, b, gap, spread, paired in changes]
 
 
 def kept_table(rows: list[dict]) -> str:

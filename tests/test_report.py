@@ -238,17 +238,30 @@ def test_pairs_that_change_order_are_listed_with_their_gap_against_the_seed_spre
             for e, by_metric in accs.items() for m, seeds in by_metric.items() for s, acc in enumerate(seeds)]
     text = markdown_table(aggregate(runs, by=("finetune.max_epochs",)))
     assert ("Pairs in a different order at finetune.max_epochs 3 and finetune.max_epochs 6: 2, of which 1 with a gap "
-            "at finetune.max_epochs 6 larger than the larger seed std of the pair") in text
-    assert "| d | c | 5.00 | 0.10 |" in text and "| b | a | 0.20 | 1.00 |" in text
+            "at finetune.max_epochs 6 larger than the std over seeds of the pair's paired difference (1 larger than "
+            "the larger seed std of the two)") in text
+    # paired std: b - a = 1.2, 0.2, -0.8 points (std 1.00); d - c = 5.0, 4.9, 5.1 (std 0.10)
+    assert "| d | c | 5.00 | 0.10 | 0.10 |" in text and "| b | a | 0.20 | 1.00 | 1.00 |" in text
     assert text.index("| d | c |") < text.index("| b | a |")  # largest gap first
     # equal accuracies are no change; of three reordered metrics only the pairs that swapped are listed
     assert order_changes({"x": 1, "y": 2}, {"x": (0.5, 0.0), "y": (0.5, 0.0)}) == []
     assert [c[:2] for c in order_changes({"x": 1, "y": 2, "z": 3}, {"x": (0.1, 0), "y": (0.3, 0), "z": (0.2, 0)})] \
         == [("y", "x"), ("z", "x")]
     one_seed = markdown_table(aggregate([r for r in runs if r["seed"] == 0], by=("finetune.max_epochs",)))
-    assert "6: 2 (one seed: no spread to compare the gaps with):" in one_seed and "| d | c | 5.00 | - |" in one_seed
+    assert "6: 2 (one seed: no spread to compare the gaps with):" in one_seed and "| d | c | 5.00 | - | - |" in one_seed
     unchanged = markdown_table(aggregate([r for r in runs if r["metric"] in "ac"], by=("finetune.max_epochs",)))
     assert "Every pair of metrics keeps its order from finetune.max_epochs 3 to finetune.max_epochs 6." in unchanged
+
+
+def test_a_swap_that_every_seed_agrees_on_exceeds_its_paired_std_though_not_the_seeds_spread():
+    # the seeds' baselines differ by 2 points, and on every seed y now leads x, by 0.2-0.4 points
+    after = {"x": (0.70, 0.02, {0: 0.68, 1: 0.70, 2: 0.72}), "y": (0.703, 0.02, {0: 0.682, 1: 0.703, 2: 0.724})}
+    ((ahead, behind, gap, spread, paired),) = order_changes({"x": 1, "y": 2}, after)
+    assert (ahead, behind) == ("y", "x") and gap == pytest.approx(0.003) and spread == 0.02
+    assert paired == pytest.approx(np.std([0.002, 0.003, 0.004], ddof=1)) and paired < gap < spread
+    # no per-seed accuracies, or one shared seed: no paired std
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.70, 0.02), "y": (0.71, 0.02)})[0][4] is None
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.7, 0.0, {0: 0.7}), "y": (0.71, 0.0, {1: 0.71})})[0][4] is None
 
 
 def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
