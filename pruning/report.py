@@ -6,7 +6,7 @@ single target). Written next to the first sweep, or to ``--out <prefix>`` (``<pr
 that recorded their validation curve get a plateau table and a plot of the curves. With one ``--by`` key (e.g.
 ``finetune.max_epochs``) the page also ranks the metrics at each of its values, with Kendall's tau between
 consecutive rankings (does the order still change with a longer fine-tune?) and the pairs that change order, each
-with its gap at the longer length against the seed spread of the pair's paired difference.
+with its gap at the longer length, the std over seeds of the pair's paired difference and its paired t-test.
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
@@ -246,9 +246,8 @@ def ranking_table(rows: list[dict]) -> str:
     key = rows[0]["by"][0]
     settings: dict[tuple, dict[object, dict[str, tuple]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        mean, std = r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"]
-        spread = std if len(r["seeds"]) > 1 else None  # one seed: no spread
-        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = (mean, spread, r["per_seed"])
+        mean = (r["acc_finetuned"] if r["finetuned"] else r["acc_pruned"])[0]
+        settings[(r["scope"], r["schedule"], r["target"])][r[key]][r["metric"]] = (mean, r["per_seed"])
     lines = []
     for (scope, schedule, target), by_value in settings.items():
         values = sorted(by_value, key=lambda v: (isinstance(v, str), v))
@@ -271,13 +270,17 @@ def ranking_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+#: a pair whose paired t-test over the seeds gives a p-value under this is ordered by more than the seeds' noise
+ORDER_P = 0.05
+
+
 def order_changes(ranks_before: dict[str, int], after: dict[str, tuple]) -> list[tuple]:
-    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean accuracy, its std
-    over seeds or None for one seed, and optionally seed -> accuracy): ``(ahead, behind, gap, spread, paired)``
-    with ``ahead`` the better one after, ``gap`` its lead in mean accuracy there, ``spread`` the larger of the two
-    stds there (None if either is None) and ``paired`` the std over seeds of ``ahead - behind`` on the seeds both
-    ran (the same baseline per seed, so the baselines' spread cancels; None with fewer than two such seeds);
-    largest gap first. Ties on either side are no change."""
+    """The pairs of metrics ranked in a different order before than ``after`` (metric -> mean accuracy, then
+    optionally seed -> accuracy): ``(ahead, behind, gap, paired_std, p)`` with ``ahead`` the better one after,
+    ``gap`` its lead in mean accuracy there, and over the seeds both ran (the same baseline per seed, so the
+    baselines' own spread cancels) the sample std of ``d = ahead - behind`` and the two-sided p-value of the
+    one-sample t-test of ``d`` against 0 (``t = mean(d) / (std(d) / sqrt(n))``, n - 1 degrees of freedom); both
+    None with fewer than two such seeds. Largest gap first; ties on either side are no change."""
     shared = sorted(set(ranks_before) & set(after))
     changes = []
     for i, m in enumerate(shared):
@@ -286,19 +289,24 @@ def order_changes(ranks_before: dict[str, int], after: dict[str, tuple]) -> list
             gap = after[m][0] - after[n][0]
             if before * gap > 0:  # m behind n before (larger rank) and ahead after, or the reverse
                 ahead, behind = (m, n) if gap > 0 else (n, m)
-                spreads = (after[m][1], after[n][1])
-                changes.append((ahead, behind, abs(gap), None if None in spreads else max(spreads),
-                                paired_std(after[ahead], after[behind])))
+                changes.append((ahead, behind, abs(gap), *paired_test(after[ahead], after[behind])))
     return sorted(changes, key=lambda c: -c[2])
 
 
-def paired_std(first: tuple, second: tuple) -> float | None:
-    """Sample std over the seeds both ran of ``first - second`` (seed -> accuracy as the third item of each);
-    None with fewer than two shared seeds or without per-seed accuracies."""
-    if len(first) < 3 or len(second) < 3:
-        return None
-    seeds = set(first[2]) & set(second[2])
-    return statistics.stdev(first[2][s] - second[2][s] for s in seeds) if len(seeds) > 1 else None
+def paired_test(first: tuple, second: tuple) -> tuple[float | None, float | None]:
+    """Sample std of ``first - second`` over the seeds both ran (seed -> accuracy as the second item of each) and
+    the two-sided p-value of its one-sample t-test against 0 (0 or 1 when every seed gives the same difference);
+    None, None with fewer than two shared seeds or without per-seed accuracies."""
+    if len(first) < 2 or len(second) < 2:
+        return None, None
+    seeds = sorted(set(first[1]) & set(second[1]), key=str)
+    if len(seeds) < 2:
+        return None, None
+    differences = [first[1][s] - second[1][s] for s in seeds]
+    std = statistics.stdev(differences)
+    if std == 0:
+        return 0.0, float(differences[0] == 0)
+    return std, float(stats.ttest_1samp(differences, 0).pvalue)
 
 
 def points_cell(value: float | None) -> str:
@@ -308,25 +316,23 @@ def points_cell(value: float | None) -> str:
 
 def order_changes_table(ranks_before: dict[str, int], after: dict[str, tuple],
                         before_name: str, after_name: str) -> list[str]:
-    """Markdown lines listing :func:`order_changes`, gap and spreads in points: a gap inside the paired std is a
-    swap between metrics the seeds do not separate; a gap beyond it is an order that still moves."""
+    """Markdown lines listing :func:`order_changes` (gap and paired std in points): a pair whose paired t-test
+    gives p < :data:`ORDER_P` at ``after_name`` is ordered there by more than the seeds' noise, so its swap is an
+    order that still moves; the others are swaps between metrics the seeds do not separate."""
     changes = order_changes(ranks_before, after)
     if not changes:
         return [f"\nEvery pair of metrics keeps its order from {before_name} to {after_name}."]
-    paired_known = [c for c in changes if c[4] is not None]
-    spread_known = [c for c in changes if c[3] is not None]
-    if paired_known:
-        beyond_paired = sum(c[2] > c[4] for c in paired_known)
-        beyond_spread = sum(c[2] > c[3] for c in spread_known)
-        counted = (f", of which {beyond_paired} with a gap at {after_name} larger than the std over seeds of the "
-                   f"pair's paired difference ({beyond_spread} larger than the larger seed std of the two)")
+    tested = [c for c in changes if c[4] is not None]
+    if tested:
+        counted = (f", of which {sum(c[4] < ORDER_P for c in tested)} with p < {ORDER_P} at {after_name} (paired "
+                   f"t-test over the seeds; {ORDER_P * len(tested):.1f} expected by chance if none differed)")
     else:
         counted = " (one seed: no spread to compare the gaps with)"
     lines = [f"\nPairs in a different order at {before_name} and {after_name}: {len(changes)}{counted}:", "",
-             f"| ahead at {after_name} | behind | gap (points) | paired std (points) | larger seed std (points) |",
+             f"| ahead at {after_name} | behind | gap (points) | paired std (points) | p, paired t-test |",
              "|---|---|---|---|---|"]
-    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {points_cell(paired)} | {points_cell(spread)} |"
-                    for a, b, gap, spread, paired in changes]
+    return lines + [f"| {a} | {b} | {100 * gap:.2f} | {points_cell(std)} | {'-' if p is None else f'{p:.3f}'} |"
+                    for a, b, gap, std, p in changes]
 
 
 def kept_table(rows: list[dict]) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from infoprune.pruning.report import (
     aggregate,
@@ -237,15 +238,16 @@ def test_pairs_that_change_order_are_listed_with_their_gap_against_the_seed_spre
     runs = [dict(base, metric=m, seed=s, acc_finetuned=acc, finetune_epochs=e, **{"finetune.max_epochs": e})
             for e, by_metric in accs.items() for m, seeds in by_metric.items() for s, acc in enumerate(seeds)]
     text = markdown_table(aggregate(runs, by=("finetune.max_epochs",)))
-    assert ("Pairs in a different order at finetune.max_epochs 3 and finetune.max_epochs 6: 2, of which 1 with a gap "
-            "at finetune.max_epochs 6 larger than the std over seeds of the pair's paired difference (1 larger than "
-            "the larger seed std of the two)") in text
-    # paired std: b - a = 1.2, 0.2, -0.8 points (std 1.00); d - c = 5.0, 4.9, 5.1 (std 0.10)
-    assert "| d | c | 5.00 | 0.10 | 0.10 |" in text and "| b | a | 0.20 | 1.00 | 1.00 |" in text
+    assert ("Pairs in a different order at finetune.max_epochs 3 and finetune.max_epochs 6: 2, of which 1 with p < "
+            "0.05 at finetune.max_epochs 6 (paired t-test over the seeds; 0.1 expected by chance if none differed)") in text
+    # paired differences: d - c = 5.0, 4.9, 5.1 points (std 0.10), b - a = 1.2, 0.2, -0.8 (std 1.00); p from scipy
+    p_dc, p_ba = (stats.ttest_1samp(d, 0).pvalue for d in ([5.0, 4.9, 5.1], [1.2, 0.2, -0.8]))
+    assert p_dc < 0.05 < p_ba
+    assert f"| d | c | 5.00 | 0.10 | {p_dc:.3f} |" in text and f"| b | a | 0.20 | 1.00 | {p_ba:.3f} |" in text
     assert text.index("| d | c |") < text.index("| b | a |")  # largest gap first
     # equal accuracies are no change; of three reordered metrics only the pairs that swapped are listed
-    assert order_changes({"x": 1, "y": 2}, {"x": (0.5, 0.0), "y": (0.5, 0.0)}) == []
-    assert [c[:2] for c in order_changes({"x": 1, "y": 2, "z": 3}, {"x": (0.1, 0), "y": (0.3, 0), "z": (0.2, 0)})] \
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.5,), "y": (0.5,)}) == []
+    assert [c[:2] for c in order_changes({"x": 1, "y": 2, "z": 3}, {"x": (0.1,), "y": (0.3,), "z": (0.2,)})] \
         == [("y", "x"), ("z", "x")]
     one_seed = markdown_table(aggregate([r for r in runs if r["seed"] == 0], by=("finetune.max_epochs",)))
     assert "6: 2 (one seed: no spread to compare the gaps with):" in one_seed and "| d | c | 5.00 | - | - |" in one_seed
@@ -253,15 +255,18 @@ def test_pairs_that_change_order_are_listed_with_their_gap_against_the_seed_spre
     assert "Every pair of metrics keeps its order from finetune.max_epochs 3 to finetune.max_epochs 6." in unchanged
 
 
-def test_a_swap_that_every_seed_agrees_on_exceeds_its_paired_std_though_not_the_seeds_spread():
+def test_a_swap_that_every_seed_agrees_on_is_significant_though_within_the_seeds_spread():
     # the seeds' baselines differ by 2 points, and on every seed y now leads x, by 0.2-0.4 points
-    after = {"x": (0.70, 0.02, {0: 0.68, 1: 0.70, 2: 0.72}), "y": (0.703, 0.02, {0: 0.682, 1: 0.703, 2: 0.724})}
-    ((ahead, behind, gap, spread, paired),) = order_changes({"x": 1, "y": 2}, after)
-    assert (ahead, behind) == ("y", "x") and gap == pytest.approx(0.003) and spread == 0.02
-    assert paired == pytest.approx(np.std([0.002, 0.003, 0.004], ddof=1)) and paired < gap < spread
-    # no per-seed accuracies, or one shared seed: no paired std
-    assert order_changes({"x": 1, "y": 2}, {"x": (0.70, 0.02), "y": (0.71, 0.02)})[0][4] is None
-    assert order_changes({"x": 1, "y": 2}, {"x": (0.7, 0.0, {0: 0.7}), "y": (0.71, 0.0, {1: 0.71})})[0][4] is None
+    after = {"x": (0.70, {0: 0.68, 1: 0.70, 2: 0.72}), "y": (0.703, {0: 0.682, 1: 0.703, 2: 0.724})}
+    ((ahead, behind, gap, std, p),) = order_changes({"x": 1, "y": 2}, after)
+    assert (ahead, behind) == ("y", "x") and gap == pytest.approx(0.003)
+    assert std == pytest.approx(np.std([0.002, 0.003, 0.004], ddof=1))
+    assert p == pytest.approx(stats.ttest_1samp([0.002, 0.003, 0.004], 0).pvalue) and p < 0.05
+    # every seed the same difference: p 0; no per-seed accuracies, or one shared seed: no test
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.7, {0: 0.7, 1: 0.8}), "y": (0.71, {0: 0.71, 1: 0.81})})[0][3:] \
+        == (0.0, 0.0)
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.70,), "y": (0.71,)})[0][3:] == (None, None)
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.7, {0: 0.7}), "y": (0.71, {1: 0.71})})[0][3:] == (None, None)
 
 
 def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
