@@ -127,14 +127,15 @@ def paired_differences(runs: list[dict], reference: str, by: tuple[str, ...] = (
     seed that both the row and the ``reference`` metric ran with the same scope, schedule, target and ``by``
     values (the same baseline, so the baseline's spread cancels). A seed run more than once is averaged first."""
     keys = GROUP + tuple(by)
-    per_seed: dict[tuple, dict[object, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        per_seed[tuple(run[k] for k in keys)][run.get("seed")].append(final_accuracy(run))
+        groups[tuple(run[k] for k in keys)].append(run)
+    per_seed = {key: per_seed_accuracy(members) for key, members in groups.items()}
     differences = {}
     for key, seeds in per_seed.items():
         ref = per_seed.get((reference, *key[1:]), {})
-        differences[key] = [statistics.fmean(accs) - statistics.fmean(ref[seed])
-                            for seed, accs in sorted(seeds.items(), key=lambda item: str(item[0])) if seed in ref]
+        differences[key] = [acc - ref[seed] for seed, acc in sorted(seeds.items(), key=lambda item: str(item[0]))
+                            if seed in ref]
     return differences
 
 

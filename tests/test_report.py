@@ -263,7 +263,7 @@ def test_a_swap_that_every_seed_agrees_on_is_significant_though_within_the_seeds
     assert std == pytest.approx(np.std([0.002, 0.003, 0.004], ddof=1))
     assert p == pytest.approx(stats.ttest_1samp([0.002, 0.003, 0.004], 0).pvalue) and p < 0.05
     # every seed the same difference: p 0; no per-seed accuracies, or one shared seed: no test
-    assert order_changes({"x": 1, "y": 2}, {"x": (0.7, {0: 0.7, 1: 0.8}), "y": (0.71, {0: 0.71, 1: 0.81})})[0][3:] \
+    assert order_changes({"x": 1, "y": 2}, {"x": (0.5, {0: 0.25, 1: 0.75}), "y": (0.75, {0: 0.5, 1: 1.0})})[0][3:] \
         == (0.0, 0.0)
     assert order_changes({"x": 1, "y": 2}, {"x": (0.70,), "y": (0.71,)})[0][3:] == (None, None)
     assert order_changes({"x": 1, "y": 2}, {"x": (0.7, {0: 0.7}), "y": (0.71, {1: 0.71})})[0][3:] == (None, None)
