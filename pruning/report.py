@@ -7,6 +7,9 @@ that recorded their validation curve get a plateau table and a plot of the curve
 ``finetune.max_epochs``) the page also ranks the metrics at each of its values, with Kendall's tau between
 consecutive rankings (does the order still change with a longer fine-tune?) and the pairs that change order, each
 with its gap at the longer length, the std over seeds of the pair's paired difference and its paired t-test.
+Rows over two or more seeds also get every two metrics of a setting compared seed by seed: a heat map of their mean
+paired difference (``<prefix>_pairwise.png``, * where the paired t-test gives p < 0.05) and how many pairs it
+separates against the number expected by chance.
 ``--by`` adds config keys (read from each job's ``config_resolved.yaml``) to the grouping, e.g. for a calibration
 sweep over ``pruning.stats.bins``.
 
@@ -186,10 +189,14 @@ def aggregate(runs: list[dict], by: tuple[str, ...] = (), reference: str | None 
                                        -r["acc_finetuned"][0]))
 
 
+def by_suffix(row: dict) -> str:
+    """``, key=value`` for each ``--by`` key of the row (the key's last dotted part), or empty."""
+    return "".join(f", {k.rsplit('.', 1)[-1]}={row[k]}" for k in row["by"])
+
+
 def label(row: dict) -> str:
     """``metric (scope, schedule[, key=value ...])``: one plotted line."""
-    extra = "".join(f", {k.rsplit('.', 1)[-1]}={row[k]}" for k in row["by"])
-    return f"{row['metric']} ({row['scope']}, {row['schedule']}{extra})"
+    return f"{row['metric']} ({row['scope']}, {row['schedule']}{by_suffix(row)})"
 
 
 def mean_pm_std(row: dict, values: tuple[float, float]) -> str:
@@ -300,14 +307,88 @@ def paired_test(first: tuple, second: tuple) -> tuple[float | None, float | None
     None, None with fewer than two shared seeds or without per-seed accuracies."""
     if len(first) < 2 or len(second) < 2:
         return None, None
-    seeds = sorted(set(first[1]) & set(second[1]), key=str)
-    if len(seeds) < 2:
+    return difference_test(seed_differences(first[1], second[1]))
+
+
+def difference_test(differences: list[float]) -> tuple[float | None, float | None]:
+    """Sample std of paired ``differences`` and the two-sided p-value of their one-sample t-test against 0 (0 or 1
+    when all are equal); None, None with fewer than two."""
+    if len(differences) < 2:
         return None, None
-    differences = [first[1][s] - second[1][s] for s in seeds]
     std = statistics.stdev(differences)
     if std == 0:
         return 0.0, float(differences[0] == 0)
     return std, float(stats.ttest_1samp(differences, 0).pvalue)
+
+
+def seed_differences(first: dict, second: dict) -> list[float]:
+    """``first[s] - second[s]`` over the seeds ``s`` both map (seed -> accuracy), in seed order."""
+    return [first[s] - second[s] for s in sorted(set(first) & set(second), key=str)]
+
+
+def setting_name(row: dict) -> str:
+    """``scope, schedule, target t[, key=value ...]``: everything that groups a row but its metric."""
+    return f"{row['scope']}, {row['schedule']}, target {row['target']}{by_suffix(row)}"
+
+
+def pairwise_tests(rows: list[dict]) -> dict[str, list[tuple]]:
+    """Per setting (:func:`setting_name`), every pair of its metrics that shares two or more seeds as ``(first,
+    second, mean_d, std_d, p)``: ``d = first - second``, seed by seed, of the final accuracy
+    (:func:`difference_test` for its std and two-sided t-test p). Metrics in order of mean accuracy, best first; settings without a pair
+    are left out."""
+    by_setting: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_setting[setting_name(r)].append(r)
+    tests = {}
+    for name, members in by_setting.items():
+        members = sorted(members, key=lambda r: -r["acc_finetuned"][0])
+        pairs = []
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                differences = seed_differences(a["per_seed"], b["per_seed"])
+                if len(differences) >= 2:
+                    pairs.append((a["metric"], b["metric"], statistics.fmean(differences),
+                                  *difference_test(differences)))
+        if pairs:
+            tests[name] = pairs
+    return tests
+
+
+def pairwise_summary(tests: dict[str, list[tuple]]) -> str:
+    """One line per setting: how many of its pairs the paired t-test separates at p < :data:`ORDER_P`, against
+    the number expected by chance were no metric different from another."""
+    lines = [f"\nPairs of metrics whose paired t-test over the seeds gives p < {ORDER_P} (the pairwise plot marks "
+             "them with *):", ""]
+    lines += [f"- {name}: {sum(p < ORDER_P for *_, p in pairs)} of {len(pairs)} "
+              f"({ORDER_P * len(pairs):.1f} expected by chance if no metric differed)" for name, pairs in tests.items()]
+    return "\n".join(lines) + "\n"
+
+
+def pairwise_plot(tests: dict[str, list[tuple]], path: Path) -> Path:
+    """One heat map per setting: cell (row, column) is the mean over seeds of the row metric's accuracy minus the
+    column metric's on the same seed, in points, with * where the paired t-test gives p < :data:`ORDER_P`; metrics
+    best first, so a row's cells right of the diagonal are its leads over worse-ranked metrics."""
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, layout="constrained",
+                             figsize=(1.5 + 5.5 * len(tests), 5.5))
+    for ax, (name, pairs) in zip(axes[0], tests.items(), strict=True):
+        names = list(dict.fromkeys(m for pair in pairs for m in pair[:2]))
+        grid = [[float("nan")] * len(names) for _ in names]
+        for first, second, mean, _, p in pairs:
+            i, j = names.index(first), names.index(second)
+            grid[i][j], grid[j][i] = 100 * mean, -100 * mean
+            mark = "*" if p < ORDER_P else ""
+            for r, c, v in ((i, j, mean), (j, i, -mean)):
+                ax.text(c, r, f"{100 * v:.1f}{mark}", ha="center", va="center", fontsize=6)
+        limit = max(abs(100 * p[2]) for p in pairs) or 1.0
+        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+                 label="row minus column, same seed (points), mean over seeds")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def points_cell(value: float | None) -> str:
@@ -439,8 +520,7 @@ def paired_plot(rows: list[dict], reference: str, path: Path) -> Path:
     ax.errorbar([100 * r["vs_reference"][0] for r in rows], y, xerr=[100 * r["vs_reference"][1] for r in rows],
                 fmt="o", capsize=3, color="C0")
     ax.axvline(0, color="k", linestyle=":")
-    extra = [", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in r["by"]) for r in rows]
-    ax.set_yticks(y, [f"{r['metric']} (target {r['target']}{', ' + e if e else ''})" for r, e in zip(rows, extra)],
+    ax.set_yticks(y, [f"{r['metric']} (target {r['target']}{by_suffix(r)})" for r in rows],
                   fontsize=8)
     ax.set_xlabel(f"accuracy minus {reference}'s on the same seed (points), mean ± std over seeds")
     ax.grid(axis="x", alpha=0.3)
@@ -557,6 +637,10 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     if reference and any("vs_reference" in r and r["metric"] != reference for r in rows):
         paired_figure = paired_plot(rows, reference, prefix.with_name(f"{prefix.name}_paired.png"))
         text += f"\n![paired differences to {reference}]({paired_figure.name})\n"
+    tests = pairwise_tests(rows)
+    if tests:
+        pairwise_figure = pairwise_plot(tests, prefix.with_name(f"{prefix.name}_pairwise.png"))
+        text += pairwise_summary(tests) + f"\n![paired differences between every two metrics]({pairwise_figure.name})\n"
     baselines = baseline_rows(runs)
     if baselines:
         curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))

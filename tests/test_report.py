@@ -17,6 +17,7 @@ from infoprune.pruning.report import (
     load_runs,
     markdown_table,
     order_changes,
+    pairwise_tests,
     plateau_gain,
     write_report,
 )
@@ -269,6 +270,34 @@ def test_a_swap_that_every_seed_agrees_on_is_significant_though_within_the_seeds
     assert order_changes({"x": 1, "y": 2}, {"x": (0.7, {0: 0.7}), "y": (0.71, {1: 0.71})})[0][3:] == (None, None)
 
 
+def test_pairwise_tests_compare_every_two_metrics_of_a_setting_seed_by_seed_as_scipy_does(tmp_path):
+    base = {"scope": "layerwise", "schedule": "oneshot", "target": 0.7, "acc_baseline": 0.8, "acc_pruned": 0.3,
+            "params_remaining": 0.3, "flops_remaining": 0.3}
+    # b leads c by 3, 2 and 4 points; a ran seed 0 alone, so it pairs with neither
+    accs = {"a": [0.9], "b": [0.63, 0.52, 0.74], "c": [0.60, 0.50, 0.70]}
+    runs = [dict(base, metric=m, seed=s, acc_finetuned=acc, finetune_epochs=3, **{"finetune.max_epochs": e})
+            for e in (3, 6) for m, seeds in accs.items() for s, acc in enumerate(seeds)]
+    tests = pairwise_tests(aggregate(runs, by=("finetune.max_epochs",)))
+    assert list(tests) == ["layerwise, oneshot, target 0.7, max_epochs=3", "layerwise, oneshot, target 0.7, max_epochs=6"]
+    d = np.array([0.03, 0.02, 0.04])
+    for pairs in tests.values():
+        ((first, second, mean, std, p),) = pairs
+        assert (first, second) == ("b", "c")
+        assert (mean, std) == pytest.approx((d.mean(), d.std(ddof=1)))
+        assert p == pytest.approx(stats.ttest_1samp(d, 0).pvalue) and p < 0.05
+    sweep = tmp_path / "sweep"
+    for i, run in enumerate(runs):
+        (sweep / str(i)).mkdir(parents=True)
+        (sweep / str(i) / "results.json").write_text(json.dumps(run))
+        (sweep / str(i) / "config_resolved.yaml").write_text(f"finetune:\n  max_epochs: {run['finetune.max_epochs']}\n")
+    table, _ = write_report(sweep, out=tmp_path / "page", by=("finetune.max_epochs",))
+    text = table.read_text()
+    assert "- layerwise, oneshot, target 0.7, max_epochs=6: 1 of 1 (0.1 expected by chance if no metric differed)" in text
+    assert "(page_pairwise.png)" in text and (tmp_path / "page_pairwise.png").stat().st_size > 0
+    single = [r for r in runs if r["seed"] == 0]
+    assert pairwise_tests(aggregate(single, by=("finetune.max_epochs",))) == {}
+
+
 def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
     run = {"wall_s": 100.0, "phase_s": {"baseline_wait": 30.0, "baseline_test": 5.0, "finetune": 60.0}}
     phases = grouped_phases(run)
@@ -305,11 +334,12 @@ def test_rows_at_one_budget_under_different_targets_are_drawn_as_bars(tmp_path, 
         original = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda self, text, *args, _original=original, **kwargs:
                             titles.append(text) or _original(self, text, *args, **kwargs))
+    pairwise = ["layerwise, oneshot, target 0.5", "layerwise, oneshot, target 0.7"]  # the heat maps' panels
     write_report(*dirs, out=tmp_path / "flops", x="flops")
-    assert titles == ["target 0.5, 0.7: 31.8-31.9% of the FLOPs remain; mean ± std over seeds"]
+    assert titles == [*pairwise, "target 0.5, 0.7: 31.8-31.9% of the FLOPs remain; mean ± std over seeds"]
     titles.clear()
     write_report(*dirs, out=tmp_path / "params", x="params")  # 50% and 30% of the parameters: a line plot
-    assert titles == ["after fine-tuning", "right after pruning"]
+    assert titles == [*pairwise, "after fine-tuning", "right after pruning"]
 
 
 def test_fine_tuned_accuracies_get_an_axis_spanning_only_them_and_the_baseline(tmp_path, monkeypatch):
