@@ -378,7 +378,8 @@ def pairwise_plot(tests: dict[str, list[tuple]], path: Path) -> Path:
             grid[i][j], grid[j][i] = 100 * mean, -100 * mean
             mark = "*" if p < ORDER_P else ""
             for r, c, v in ((i, j, mean), (j, i, -mean)):
-                ax.text(c, r, f"{100 * v:.1f}{mark}", ha="center", va="center", fontsize=6)
+                ax.text(c, r, f"{abs(100 * v):.1f}{mark}" if round(100 * v, 1) == 0 else f"{100 * v:.1f}{mark}",
+                        ha="center", va="center", fontsize=6)
         limit = max(abs(100 * p[2]) for p in pairs) or 1.0
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
