@@ -443,12 +443,13 @@ def phase_table(rows: list[dict]) -> str:
     if not timed:
         return ""
     columns = [c for c in (*PHASE_GROUPS, "other") if any(r["phases"][c] > 0 for r in timed)]
+    by = timed[0]["by"]
     lines = ["", "Wall time per job by phase (seconds, mean over runs):", "",
-             "| metric | scope | schedule | target | " + " | ".join(columns) + " | total |",
-             "|" + "---|" * (5 + len(columns))]
+             "| metric | scope | schedule | target | " + "".join(f"{k} | " for k in by) + " | ".join(columns)
+             + " | total |", "|" + "---|" * (5 + len(by) + len(columns))]
     for r in timed:
         lines.append(f"| {r['metric']} | {r['scope']} | {r['schedule']} | {r['target']} | "
-                     + " | ".join(f"{r['phases'][c]:.1f}" for c in columns)
+                     + "".join(f"{r[k]} | " for k in by) + " | ".join(f"{r['phases'][c]:.1f}" for c in columns)
                      + f" | {sum(r['phases'].values()):.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -305,6 +305,17 @@ def test_waiting_for_a_shared_baseline_is_its_own_phase_column_not_other():
     assert phases["other"] == pytest.approx(5.0)
 
 
+def test_the_time_table_names_the_grouping_value_of_each_row():
+    base = {"metric": "a", "scope": "layerwise", "schedule": "oneshot", "target": 0.7, "seed": 0, "acc_baseline": 0.8,
+            "acc_pruned": 0.3, "acc_finetuned": 0.7, "params_remaining": 0.3, "flops_remaining": 0.3}
+    runs = [dict(base, wall_s=60.0 * e, phase_s={"finetune": 60.0 * e}, **{"finetune.max_epochs": e}) for e in (3, 6)]
+    text = markdown_table(aggregate(runs, by=("finetune.max_epochs",)))
+    times = text[text.index("Wall time per job"):]
+    assert "| metric | scope | schedule | target | finetune.max_epochs | final fine-tune | total |" in times
+    assert "| a | layerwise | oneshot | 0.7 | 3 | 180.0 | 180.0 |" in times
+    assert "| a | layerwise | oneshot | 0.7 | 6 | 360.0 | 360.0 |" in times
+
+
 def test_the_plot_can_put_flops_on_its_x_axis_and_an_unknown_axis_fails_before_writing(tmp_path, monkeypatch):
     import matplotlib.axes
     dirs = write_sweeps(tmp_path)
