@@ -334,8 +334,8 @@ def setting_name(row: dict) -> str:
 def pairwise_tests(rows: list[dict]) -> dict[str, list[tuple]]:
     """Per setting (:func:`setting_name`), every pair of its metrics that shares two or more seeds as ``(first,
     second, mean_d, std_d, p)``: ``d = first - second``, seed by seed, of the final accuracy
-    (:func:`difference_test` for its std and two-sided t-test p). Metrics in order of mean accuracy, best first; settings without a pair
-    are left out."""
+    (:func:`difference_test` for its std and two-sided t-test p). Metrics in order of mean accuracy, best first;
+    settings without a pair are left out."""
     by_setting: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_setting[setting_name(r)].append(r)

@@ -275,10 +275,10 @@ def test_pairwise_tests_compare_every_two_metrics_of_a_setting_seed_by_seed_as_s
             "params_remaining": 0.3, "flops_remaining": 0.3}
     # b leads c by 3, 2 and 4 points; a ran seed 0 alone, so it pairs with neither
     accs = {"a": [0.9], "b": [0.63, 0.52, 0.74], "c": [0.60, 0.50, 0.70]}
-    runs = [dict(base, metric=m, seed=s, acc_finetuned=acc, finetune_epochs=3, **{"finetune.max_epochs": e})
+    runs = [dict(base, metric=m, seed=s, acc_finetuned=acc, finetune_epochs=e, **{"finetune.max_epochs": e})
             for e in (3, 6) for m, seeds in accs.items() for s, acc in enumerate(seeds)]
     tests = pairwise_tests(aggregate(runs, by=("finetune.max_epochs",)))
-    assert list(tests) == ["layerwise, oneshot, target 0.7, max_epochs=3", "layerwise, oneshot, target 0.7, max_epochs=6"]
+    assert list(tests) == [f"layerwise, oneshot, target 0.7, max_epochs={e}" for e in (3, 6)]
     d = np.array([0.03, 0.02, 0.04])
     for pairs in tests.values():
         ((first, second, mean, std, p),) = pairs
@@ -292,7 +292,8 @@ def test_pairwise_tests_compare_every_two_metrics_of_a_setting_seed_by_seed_as_s
         (sweep / str(i) / "config_resolved.yaml").write_text(f"finetune:\n  max_epochs: {run['finetune.max_epochs']}\n")
     table, _ = write_report(sweep, out=tmp_path / "page", by=("finetune.max_epochs",))
     text = table.read_text()
-    assert "- layerwise, oneshot, target 0.7, max_epochs=6: 1 of 1 (0.1 expected by chance if no metric differed)" in text
+    assert ("- layerwise, oneshot, target 0.7, max_epochs=6: 1 of 1 (0.1 expected by chance if no metric differed)"
+            in text)
     assert "(page_pairwise.png)" in text and (tmp_path / "page_pairwise.png").stat().st_size > 0
     single = [r for r in runs if r["seed"] == 0]
     assert pairwise_tests(aggregate(single, by=("finetune.max_epochs",))) == {}
