@@ -134,12 +134,7 @@ def paired_differences(runs: list[dict], reference: str, by: tuple[str, ...] = (
     for run in runs:
         groups[tuple(run[k] for k in keys)].append(run)
     per_seed = {key: per_seed_accuracy(members) for key, members in groups.items()}
-    differences = {}
-    for key, seeds in per_seed.items():
-        ref = per_seed.get((reference, *key[1:]), {})
-        differences[key] = [acc - ref[seed] for seed, acc in sorted(seeds.items(), key=lambda item: str(item[0]))
-                            if seed in ref]
-    return differences
+    return {key: seed_differences(seeds, per_seed.get((reference, *key[1:]), {})) for key, seeds in per_seed.items()}
 
 
 def per_seed_accuracy(runs: list[dict]) -> dict[object, float]:
