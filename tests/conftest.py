@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,11 @@ SHARED_DATA = ROOT.parent / "shared" / "datasets"
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: one thread each, as for sweep jobs
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -44,6 +51,38 @@ def make_cfg(tmp_path):
 
 FAST = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=none",
         "++trainer.enable_progress_bar=false"]
+#: a digits SimpleNet trained for 3 epochs (the baseline the pruning tests start from)
+BASELINE_TRAINING = FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false"]
+
+
+def shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:
+    """A folder of this pytest run that every xdist worker sees (``name`` under the run's base temp)."""
+    if worker_id == "master":  # one process: its own temp folder
+        return tmp_path_factory.mktemp(name)
+    return tmp_path_factory.getbasetemp().parent / name
+
+
+@pytest.fixture(scope="session")
+def ddp_session(tmp_path_factory, worker_id) -> Path:
+    """The outputs of every scenario of ``tests/ddp_session.py``, run once per pytest run in one pair of gloo
+    processes (``<dir>/<scenario>/``) from the baseline at ``<dir>/baseline/checkpoints/last.ckpt``. The first
+    worker to ask runs it under a file lock; the others wait and read the same folder."""
+    from filelock import FileLock
+
+    from infoprune.training import train
+
+    out = shared_dir(tmp_path_factory, worker_id, "ddp_session")
+    with FileLock(str(out) + ".lock"):
+        if not (out / "finished").exists():
+            train(compose_config("train", BASELINE_TRAINING, out / "baseline"))
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(ROOT / "tests" / "ddp_session.py"), str(out), str(out / "baseline/checkpoints/last.ckpt")]
+            result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), cwd=out,
+                                    capture_output=True, text=True, timeout=600)
+            (out / "session.log").write_text(result.stdout + result.stderr)
+            assert result.returncode == 0, result.stderr[-3000:]
+            (out / "finished").touch()
+    return out
 
 
 def digits_test_accuracy(checkpoint: Path) -> float:

@@ -2,8 +2,6 @@
 every network, output-L1 through flatten and residuals, and exactness under DDP (2 processes == 1 process)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -224,23 +222,14 @@ def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
         torch.testing.assert_close(ddp["scores"][name], single_scores[name], rtol=0, atol=1e-12)
 
 
-SCORES_RUN = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", "test=false",
-              "logger=none", "callbacks=channel_scores", "callbacks.rich_progress_bar=null", "pruning/metric=mi",
-              "pruning.stats.num_images=999", "pruning.stats.batch_size=100"]
-
-
-def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path):
-    import subprocess
-    import sys
-
+@pytest.mark.xdist_group("ddp")
+def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path, ddp_session):
     from infoprune.training import train
-    from tests.conftest import ROOT, compose_config
-    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", *SCORES_RUN, f"hydra.run.dir={tmp_path / 'ddp'}"]
-    result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                            timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from tests.conftest import compose_config
+    from tests.ddp_session import SCORES_RUN
     train(compose_config("train", ["trainer=cpu", *SCORES_RUN], tmp_path / "single"))  # one process
-    single, ddp = (load_channel_scores(tmp_path / run / "channel_scores.pt") for run in ("single", "ddp"))
+    single = load_channel_scores(tmp_path / "single" / "channel_scores.pt")
+    ddp = load_channel_scores(ddp_session / "channel_scores" / "channel_scores.pt")
     assert single["num_images"] == ddp["num_images"] == 999
     for name, layer in single["layers"].items():
         assert torch.equal(layer["counts"], ddp["layers"][name]["counts"])

@@ -4,8 +4,6 @@ a DataModule with no ``calibration_batches``; one shot and AGP; slimming mid-fit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -20,7 +18,7 @@ from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
 from infoprune.pruning.selection import keep_count
-from tests.conftest import ROOT, RecordEpochs
+from tests.conftest import RecordEpochs
 from tests.test_prune import CrashAtEpochTwo
 
 
@@ -231,24 +229,18 @@ def test_a_schedule_without_steps_fails_at_construction():
         ChannelPruning(InputL1(), amount=1.0)
 
 
-EXAMPLE = ROOT / "examples" / "prune_resnet18.py"
-
-
-def _example_args(tmp_path, devices: int) -> list[str]:
-    return ["--devices", str(devices), "--epochs", "2", "--slim-epoch", "1", "--schedule", "oneshot", "--report",
-            str(tmp_path / f"report{devices}.json")]
-
-
-def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path, monkeypatch):
+@pytest.mark.xdist_group("ddp")
+def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path, monkeypatch,
+                                                                                      ddp_session):
     import runpy
-    result = subprocess.run([sys.executable, str(EXAMPLE), *_example_args(tmp_path, 2)], capture_output=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *_example_args(tmp_path, 1)])
+
+    from tests.ddp_session import EXAMPLE, example_args
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *example_args(tmp_path / "report.json", 1)])
     for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # set by the example's seed_everything(0): restored after
         monkeypatch.setenv(seeded, "0")
     runpy.run_path(str(EXAMPLE), run_name="__main__")  # one process, in this one
-    single, ddp = (json.loads((tmp_path / f"report{n}.json").read_text()) for n in (1, 2))
+    single = json.loads((tmp_path / "report.json").read_text())
+    ddp = json.loads((ddp_session / "worked_example" / "report.json").read_text())
     assert ddp["structure"] == single["structure"] and ddp["structure"]["conv1"] < 64
     for name, scores in single["scores"].items():
         torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)

@@ -281,13 +281,13 @@ def prune_py(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
                           timeout=timeout, cwd=cwd)
 
 
-def test_ddp_widths_equal_the_single_process_widths(tmp_path, baseline):
-    setting = [f"ckpt_path={baseline}", "pruning/scope=global", "pruning.target=0.5", "pruning/metric=mi"]
-    result = prune_py(["trainer=ddp_cpu", *setting, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    same_bins = [o for o in QUICK if not o.startswith("pruning.stats.bins")]  # prune_py keeps the default bins
-    prune(compose_config("prune", same_bins + setting, tmp_path / "cpu"))  # one process
-    single, ddp = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("cpu", "ddp"))
+@pytest.mark.xdist_group("ddp")
+def test_ddp_widths_equal_the_single_process_widths(tmp_path, ddp_session):
+    from tests.ddp_session import PRUNE_RUN
+    baseline = ddp_session / "baseline" / "checkpoints" / "last.ckpt"
+    prune(compose_config("prune", [f"ckpt_path={baseline}", *PRUNE_RUN], tmp_path / "cpu"))  # one process
+    single = json.loads((tmp_path / "cpu" / "results.json").read_text())
+    ddp = json.loads((ddp_session / "prune_widths" / "results.json").read_text())
     assert single["channels_after"] == ddp["channels_after"] != single["channels_before"]
 
 

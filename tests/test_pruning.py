@@ -2,6 +2,7 @@
 budgets, bad input, masks through fine-tuning, slimmed checkpoints through train.py (also DDP), export."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -269,22 +270,25 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
     assert not net.training and bn.momentum == 0.1  # modes and momentum restored
 
 
-def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(trained_digits, tmp_path):
+@pytest.mark.xdist_group("ddp")
+def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(ddp_session):
     import pytorch_lightning as pl
 
     from infoprune.datamodules import DigitsDataModule
-    _, _, last = trained_digits
-    module = ImageClassifier.load_from_checkpoint(last)
-    layers = find_prunable_layers(module.net, module.example_input_array)
-    keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
-    trainer.fit(module, datamodule=DigitsDataModule())
-    assert masked_channels_are_zero(layers, keep)  # the weights ddp_spawn hands back are still masked
-    slim_classifier(module, keep)
-    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
-    single = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    run = ddp_session / "masked_fine_tune"
+    masked = json.loads((run / "masked.json").read_text())
+    assert masked["masks_zero"]  # every masked channel of rank 0's network is still zero after the DDP fit
+    dm = DigitsDataModule()
+    dm.setup()
+    # two processes, each half of the training images (the sampler pads an odd count) in whole batches
+    assert masked["global_step"] == math.ceil(len(dm.train_set) / 2) // dm.batch_size
+    path = run / "slim.ckpt"
     reloaded = ImageClassifier.load_from_checkpoint(path)
+    in_memory = torch.load(run / "slim_test_logits.pt")  # the slimmed network as rank 0 held it
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(dm.transform_batch(dm.test_set.images, train=False)), in_memory,
+                                   rtol=0, atol=1e-6)
+    single = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     by_path = single.test(reloaded, datamodule=DigitsDataModule(), ckpt_path=str(path), weights_only=False)
-    direct = single.test(module, datamodule=DigitsDataModule())
-    assert by_path[0]["test/acc"] == pytest.approx(direct[0]["test/acc"], abs=1e-6)
+    expected = (in_memory.argmax(1) == dm.test_set.labels).double().mean().item()
+    assert by_path[0]["test/acc"] == pytest.approx(expected, abs=1e-6)

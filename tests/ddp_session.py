@@ -1,0 +1,123 @@
+"""Every DDP check of the default suite in one pair of processes.
+
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_session.py OUT BASELINE`` runs each
+scenario below in both processes, one after the other, the way a cluster launcher (torchrun, SLURM) starts a job:
+the processes exist before the first Trainer, so every Trainer joins the same gloo process group instead of
+launching its own. Rank 0 writes what each scenario produced under ``OUT/<scenario>``; the tests in the suite run
+the one-process counterpart and compare (``ddp_session`` fixture in ``tests/conftest.py``). Spawning the pair once
+instead of once per test is what keeps the DDP checks cheap; Lightning's own launcher from the command line keeps
+an end-to-end test of its own (``tests/test_train.py``)."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import FAST, compose_config  # noqa: E402
+
+#: train.py with the ChannelScoring callback on one training batch: scores from 999 images sharded over the ranks
+SCORES_RUN = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", "test=false",
+              "logger=none", "callbacks=channel_scores", "callbacks.rich_progress_bar=null", "pruning/metric=mi",
+              "pruning.stats.num_images=999", "pruning.stats.batch_size=100"]
+#: prune.py's job on a trained digits checkpoint, global scope (widths depend on every layer's scores)
+PRUNE_RUN = FAST + ["trainer.accelerator=cpu", "finetune.max_epochs=1", "pruning.stats.num_images=512",
+                    "pruning/scope=global", "pruning.target=0.5", "pruning/metric=mi"]
+EXAMPLE = ROOT / "examples" / "prune_resnet18.py"
+
+
+def example_args(report: Path, devices: int) -> list[str]:
+    """The worked example's command line: one-shot global MI pruning, slimmed mid-fit, 2 epochs."""
+    return ["--devices", str(devices), "--epochs", "2", "--slim-epoch", "1", "--schedule", "oneshot", "--report",
+            str(report)]
+
+
+def field_criteria_scores(out: Path, rank: int, world_size: int) -> None:
+    from tests.test_field_criteria import _digits_scores
+
+    scores = _digits_scores(rank, world_size)
+    if rank == 0:
+        torch.save(scores, out / "scores.pt")
+
+
+def channel_scores(out: Path, rank: int, world_size: int) -> None:
+    from infoprune.training import train
+
+    train(compose_config("train", ["trainer=ddp_cpu", *SCORES_RUN], out))
+
+
+def prune_widths(out: Path, rank: int, world_size: int, baseline: str) -> None:
+    from infoprune.pipeline import prune
+
+    prune(compose_config("prune", ["trainer=ddp_cpu", f"ckpt_path={baseline}", *PRUNE_RUN], out))
+
+
+def worked_example(out: Path, rank: int, world_size: int) -> None:
+    argv = sys.argv
+    sys.argv = [str(EXAMPLE), *example_args(out / "report.json", world_size)]
+    try:
+        runpy.run_path(str(EXAMPLE), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def masked_fine_tune(out: Path, rank: int, world_size: int, baseline: str) -> None:
+    """One epoch of DDP fine-tuning under ChannelMasking (half of every layer's channels by input-L1); rank 0
+    records whether the masked channels stayed zero, slims the network in memory, saves it and keeps its logits on
+    the digits test images."""
+    import pytorch_lightning as pl
+
+    from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
+    from infoprune.datamodules import DigitsDataModule
+    from infoprune.models.classifier import ImageClassifier
+    from infoprune.pruning.layers import find_prunable_layers
+    from infoprune.pruning.masks import masked_channels_are_zero
+    from infoprune.pruning.metrics import InputL1
+    from infoprune.pruning.selection import select_layerwise
+
+    module = ImageClassifier.load_from_checkpoint(baseline, weights_only=False)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    keep = select_layerwise({layer.name: InputL1()(layer) for layer in layers}, layers, 0.5)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=world_size, strategy="ddp", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
+    trainer.fit(module, datamodule=DigitsDataModule())
+    if rank == 0:
+        (out / "masked.json").write_text(json.dumps({"masks_zero": bool(masked_channels_are_zero(layers, keep)),
+                                                     "global_step": trainer.global_step}))
+        slim_classifier(module, keep)
+        save_weights_checkpoint(module, out / "slim.ckpt")
+        datamodule = DigitsDataModule()
+        datamodule.setup("test")
+        with torch.no_grad():
+            logits = module.eval()(datamodule.transform_batch(datamodule.test_set.images, train=False))
+        torch.save(logits, out / "slim_test_logits.pt")
+
+
+#: scenario name -> (function, whether it takes the baseline checkpoint)
+SCENARIOS = {"field_criteria": (field_criteria_scores, False), "channel_scores": (channel_scores, False),
+             "prune_widths": (prune_widths, True), "worked_example": (worked_example, False),
+             "masked_fine_tune": (masked_fine_tune, True)}
+
+
+def main(out: Path, baseline: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    for name, (scenario, needs_baseline) in SCENARIOS.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        scenario(folder, rank, world_size, *([baseline] if needs_baseline else []))
+        dist.barrier()
+        if rank == 0:
+            (folder / "done").touch()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
