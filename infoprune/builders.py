@@ -43,15 +43,24 @@ def check_checkpoint_fits(model: ImageClassifier, checkpoint: dict, path: str) -
                          f"{ {k: v for k, v in net.items() if k != '_target_'} }.")
 
 
-def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> ImageClassifier:
+def source_checkpoint(cfg: DictConfig) -> dict | None:
+    """The contents of the checkpoint a run starts from (``init_from``, else ``ckpt_path``), None without one."""
+    source = cfg.get("init_from") or cfg.get("ckpt_path")
+    return read_checkpoint(source) if source else None
+
+
+def build_model(cfg: DictConfig, datamodule: ImageDataModule, checkpoint: dict | None = None) -> ImageClassifier:
     """The classifier of ``cfg.model``, sized for ``datamodule`` (classes, input channels, input shape).
 
     With ``init_from`` (start a new fit from these weights) or ``ckpt_path`` (resume), the structure comes from the
     checkpoint (a slimmed network rebuilds without the user knowing them), and a checkpoint that does not fit the
-    config is an error before any work. The checkpoint's weights are loaded (``train=false`` then tests them)."""
+    config is an error before any work. The checkpoint's weights are loaded (``train=false`` then tests them).
+    ``checkpoint``: that checkpoint's contents when already read (:func:`source_checkpoint`), so that a run reads
+    the file once; read here when None."""
     net_args = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     source = cfg.get("init_from") or cfg.get("ckpt_path")
-    checkpoint = read_checkpoint(source) if source else None
+    if checkpoint is None and source:
+        checkpoint = read_checkpoint(source)
     structure = None
     if checkpoint is not None:
         saved = checkpoint.get(ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY, {})

@@ -119,7 +119,7 @@ class PruningRun:
         self.phases: dict[str, float] = {}  # wall seconds per phase, in the order they ran
         self.baseline_curve: list[float] | None = None
         self.out = Path(cfg.paths.output_dir)
-        self.datamodule = checked.datamodule
+        self.datamodule, self.checkpoint = checked.datamodule, checked.checkpoint
         self.loggers = instantiate_group(cfg.get("logger"))
         for logger in self.loggers:
             logger.log_hyperparams(flatten(resolved(cfg)))
@@ -214,7 +214,8 @@ class PruningRun:
         ``<cache entry>.partial/`` (removed once the entry is saved), so an interrupted training resumes there, in
         any job with the same settings. ``self.baseline_curve``: the validation accuracy after every epoch of the
         baseline's training (kept beside the cache entry as ``<entry>.json``), None for a ``ckpt_path``."""
-        model = build_model(self.cfg, self.datamodule)
+        model = build_model(self.cfg, self.datamodule, self.checkpoint)
+        self.checkpoint = None  # its weights are in the model now
         if self.cfg.get("ckpt_path"):
             return model
         cache = baseline_cache_file(self.cfg)

@@ -77,7 +77,7 @@ def check_sensitivity(cfg: DictConfig) -> tuple[Any, list[float], list[str] | No
         raise ConfigError("sensitivity.shard", f"must be below sensitivity.num_shards ({shards}), got {shard}")
     if setting(cfg, "sensitivity.recalibrate_bn_images", 0):
         check_calibration_images(cfg, "sensitivity.recalibrate_bn_images", checked.datamodule, 1)
-    model = build_model(cfg, checked.datamodule)
+    model = build_model(cfg, checked.datamodule, checked.checkpoint)
     names = [layer.name for layer in find_prunable_layers(model.net, model.example_input_array)]
     layers = setting(cfg, "sensitivity.layers", None)
     if layers is not None:

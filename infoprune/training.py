@@ -101,12 +101,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint. Returns every logged metric (``val/...`` of the last epoch, ``test/...`` of the best checkpoint).
     With ``train=false`` the checkpoint is evaluated: ``val/...`` and ``test/...`` of its weights."""
     quiet_terminal(bool(cfg.get("verbose", False)))
-    datamodule = validate_training(cfg).datamodule
+    checked = validate_training(cfg)
+    datamodule = checked.datamodule
     apply_job_threads(cfg.get("threads", "auto"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_dir=cfg.paths.output_dir)
-    model = build_model(cfg, datamodule)
+    model = build_model(cfg, datamodule, checked.checkpoint)
     trainer = build_trainer(cfg)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

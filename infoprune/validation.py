@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
-from infoprune.builders import build_datamodule, build_model
+from infoprune.builders import build_datamodule, build_model, source_checkpoint
 from infoprune.datamodules.base import ImageDataModule
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
@@ -39,10 +39,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class CheckedRun:
-    """What validation built and a run reuses: the datamodule (files checked, splits loaded) and the metric."""
+    """What validation built and a run reuses: the datamodule (files checked, splits loaded), the metric and the
+    contents of the checkpoint the run starts from (``init_from`` / ``ckpt_path``; None without one), read once.
+    The network itself is built again by the run, after seeding, so that its initial weights follow the seed."""
 
     datamodule: ImageDataModule
     metric: ChannelScorer | ConnectionCriterion | None
+    checkpoint: dict | None = None
 
 
 def setting(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -245,8 +248,9 @@ def check_example_forward(model: ImageClassifier, cfg: DictConfig) -> None:
                           f"(1, {model.num_classes})")
 
 
-def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier]:
-    """Threads, trainer, callbacks, loggers, data and network: what train.py and prune.py share."""
+def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, dict | None]:
+    """Threads, trainer, callbacks, loggers, data and network: what train.py and prune.py share. Returns the
+    datamodule, the network and the contents of the checkpoint it was loaded from (None without one)."""
     if setting(cfg, "threads", "auto") != "auto":
         check_int(cfg, "threads", 1)
     check_trainer(cfg)
@@ -254,14 +258,15 @@ def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier]:
     check_targets(cfg.get("callbacks"), "callbacks")
     check_targets(cfg.get("logger"), "logger")
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
+    checkpoint = source_checkpoint(cfg)
+    model = build_model(cfg, datamodule, checkpoint)
     check_example_forward(model, cfg)
-    return datamodule, model
+    return datamodule, model, checkpoint
 
 
 def validate_training(cfg: DictConfig) -> CheckedRun:
     """Everything ``train.py`` reads; channel-scoring settings too when a ChannelScoring callback is configured."""
-    datamodule, _ = check_common(cfg)
+    datamodule, _, checkpoint = check_common(cfg)
     if cfg.get("train", True):
         check_int(cfg, "trainer.max_epochs", 1)
     metric = None
@@ -270,7 +275,7 @@ def validate_training(cfg: DictConfig) -> CheckedRun:
     if scoring:
         metric = build_metric(cfg, 0.0)
         check_stats(cfg, datamodule)
-    return CheckedRun(datamodule, metric)
+    return CheckedRun(datamodule, metric, checkpoint)
 
 
 def validate_pruning(cfg: DictConfig) -> CheckedRun:
@@ -286,7 +291,7 @@ def validate_pruning(cfg: DictConfig) -> CheckedRun:
     check_scheduler(cfg, "finetune.scheduler")
     if not cfg.get("ckpt_path"):
         check_int(cfg, "trainer.max_epochs", 1)
-    datamodule, model = check_common(cfg)
+    datamodule, model, checkpoint = check_common(cfg)
     if connection:
         exclude = setting(cfg, "pruning.exclude_layers", []) or []
         if not isinstance(exclude, (list, ListConfig)):
@@ -307,4 +312,4 @@ def validate_pruning(cfg: DictConfig) -> CheckedRun:
         if setting(cfg, "pruning.recalibrate_bn_images", 0):
             check_int(cfg, "pruning.stats.batch_size", 1)
             check_calibration_images(cfg, "pruning.recalibrate_bn_images", datamodule, 1)
-    return CheckedRun(datamodule, metric)
+    return CheckedRun(datamodule, metric, checkpoint)

@@ -2,6 +2,8 @@
 it into the graph (or writes it beside); exported outputs equal the checkpoint's on real digits test images."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ import torch
 
 from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.datamodules import DigitsDataModule
+from infoprune.export import main
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1
@@ -38,11 +41,19 @@ def digits_test_pixels() -> tuple[torch.Tensor, torch.Tensor]:
     return dm.test_set.images[:64], dm.transform_batch(dm.test_set.images[:64], train=False)
 
 
-def export(checkpoint, out, *args) -> str:
-    result = subprocess.run([sys.executable, "-m", "infoprune.export", str(checkpoint), "--out", str(out), *args],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+def export(checkpoint, out, *args, command_line: bool = False) -> str:
+    """What ``python -m infoprune.export CHECKPOINT --out OUT ARGS`` prints: run as that command when
+    ``command_line`` (the entry point itself), else through its ``main`` in this process."""
+    argv = [str(checkpoint), "--out", str(out), *args]
+    if command_line:
+        result = subprocess.run([sys.executable, "-m", "infoprune.export", *argv], capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(argv)
+    return printed.getvalue()
 
 
 def test_the_checkpoint_records_the_datamodules_preprocessing(slimmed_checkpoint):
@@ -58,7 +69,7 @@ def test_baked_export_takes_raw_pixels_and_equals_the_checkpoint(slimmed_checkpo
     with torch.no_grad():
         expected = module(normalised)
     out = tmp_path / f"net.{fmt}"
-    assert "baked in" in export(slimmed_checkpoint, out, "--format", fmt)
+    assert "baked in" in export(slimmed_checkpoint, out, "--format", fmt, command_line=fmt == "onnx")
     if fmt == "onnx":
         runtime = onnxruntime.InferenceSession(str(out))
         got = torch.from_numpy(runtime.run(None, {"pixels": pixels.numpy().astype(np.float32)})[0])

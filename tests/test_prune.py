@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +32,7 @@ from infoprune.pruning.selection import keep_count, select_global
 from infoprune.pruning.storage import load_channel_scores
 from infoprune.training import train
 from infoprune.validation import ConfigError
-from tests.conftest import FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
+from tests.conftest import CONF, FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy
 
 RECORD = "+callbacks.record._target_=tests.conftest.RecordEpochs"
 QUICK = FAST + ["trainer.accelerator=cpu", "finetune.max_epochs=1", "pruning.stats.num_images=512",
@@ -337,9 +339,15 @@ def test_submitit_local_launcher_runs_a_job(tmp_path, baseline):
     assert len(load_runs(sweep)) == 1
 
 
-def test_unknown_launcher_is_a_clear_error(tmp_path):
-    result = prune_py(["-m", "hydra/launcher=teleport", "pruning.target=0.3"], tmp_path, timeout=120)
-    assert result.returncode != 0 and "hydra/launcher" in result.stderr and "teleport" in result.stderr
+def test_unknown_launcher_is_a_clear_error():
+    """What ``python prune.py -m hydra/launcher=teleport`` prints: Hydra composes the launcher group before any
+    job, so the error comes from composing (the message names the group, the option and the options there are)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF), pytest.raises(MissingConfigException) as error:
+        compose(config_name="prune", overrides=["hydra/launcher=teleport", "pruning.target=0.3"],
+                return_hydra_config=True)
+    message = str(error.value)
+    assert "hydra/launcher" in message and "teleport" in message and "local_parallel" in message
 
 
 def test_wandb_offline_run_gets_summary_and_score_histograms(tmp_path, baseline, monkeypatch):
@@ -403,6 +411,22 @@ def test_baseline_cache_trains_each_baseline_once_and_resumes_an_interrupted_tra
     assert "baseline_wait" in second["phase_s"]  # time spent on the cache's lock (another job training it)
     run_prune(tmp_path, base + ["pruning/metric=mi", "seed=1"], "other_seed")
     assert len(list(cache.glob("*.ckpt"))) == 2  # another seed is another baseline
+
+
+def test_the_checkpoint_a_job_starts_from_is_read_once(tmp_path, baseline, monkeypatch):
+    reads = []
+    load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    run_prune(tmp_path, [f"ckpt_path={baseline}", "pruning/metric=l1_in", "finetune.max_epochs=0"])
+    assert reads.count(str(baseline)) == 1  # validation reads it; the job reuses what validation read
+    train(compose_config("train", FAST + ["trainer.accelerator=cpu", f"init_from={baseline}", "train=false"],
+                         tmp_path / "evaluated"))
+    assert reads.count(str(baseline)) == 2
 
 
 def test_prune_py_on_an_already_pruned_checkpoint(tmp_path, baseline):
