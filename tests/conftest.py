@@ -55,33 +55,44 @@ FAST = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "log
 BASELINE_TRAINING = FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false"]
 
 
-def shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:
-    """A folder of this pytest run that every xdist worker sees (``name`` under the run's base temp)."""
-    if worker_id == "master":  # one process: its own temp folder
-        return tmp_path_factory.mktemp(name)
-    return tmp_path_factory.getbasetemp().parent / name
+def ddp_session_dir(config: pytest.Config) -> Path:
+    """Where ``tests/ddp_session.py`` writes in this pytest run: one folder every xdist worker sees."""
+    base = config._tmp_path_factory.getbasetemp()  # the run's folder, or this worker's folder inside it
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ddp_session"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start ``tests/ddp_session.py`` in the background as soon as a selected test needs its outputs (the first
+    worker to get the lock starts it, once per run), so that it runs beside the other tests; the tests that read
+    it go last, by when it has finished."""
+    readers = [item for item in items if "ddp_session" in item.fixturenames]
+    if not readers:
+        return
+    items[:] = [item for item in items if item not in readers] + readers
+    from filelock import FileLock
+
+    out = ddp_session_dir(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if not out.exists():
+            out.mkdir()
+            log = open(out / "session.log", "w")  # noqa: SIM115 - the child writes to it until it ends
+            subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_session.py"), str(out)], cwd=out,
+                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="session")
-def ddp_session(tmp_path_factory, worker_id) -> Path:
-    """The outputs of every scenario of ``tests/ddp_session.py``, run once per pytest run in one pair of gloo
-    processes (``<dir>/<scenario>/``) from the baseline at ``<dir>/baseline/checkpoints/last.ckpt``. The first
-    worker to ask runs it under a file lock; the others wait and read the same folder."""
-    from filelock import FileLock
+def ddp_session(request) -> Path:
+    """The outputs of every scenario of ``tests/ddp_session.py`` (``<dir>/<scenario>/``, from the baseline at
+    ``<dir>/baseline/checkpoints/last.ckpt``), run once per pytest run in one pair of gloo processes."""
+    import time
 
-    from infoprune.training import train
-
-    out = shared_dir(tmp_path_factory, worker_id, "ddp_session")
-    with FileLock(str(out) + ".lock"):
-        if not (out / "finished").exists():
-            train(compose_config("train", BASELINE_TRAINING, out / "baseline"))
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   str(ROOT / "tests" / "ddp_session.py"), str(out), str(out / "baseline/checkpoints/last.ckpt")]
-            result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), cwd=out,
-                                    capture_output=True, text=True, timeout=600)
-            (out / "session.log").write_text(result.stdout + result.stderr)
-            assert result.returncode == 0, result.stderr[-3000:]
-            (out / "finished").touch()
+    out = ddp_session_dir(request.config)
+    deadline = time.monotonic() + 600
+    while not (out / "exit_code").exists():
+        assert time.monotonic() < deadline, f"tests/ddp_session.py did not finish in 600 s: {out / 'session.log'}"
+        time.sleep(0.2)
+    assert (out / "exit_code").read_text() == "0", (out / "session.log").read_text()[-3000:]
     return out
 
 

@@ -1,16 +1,20 @@
 """Every DDP check of the default suite in one pair of processes.
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_session.py OUT BASELINE`` runs each
-scenario below in both processes, one after the other, the way a cluster launcher (torchrun, SLURM) starts a job:
-the processes exist before the first Trainer, so every Trainer joins the same gloo process group instead of
-launching its own. Rank 0 writes what each scenario produced under ``OUT/<scenario>``; the tests in the suite run
-the one-process counterpart and compare (``ddp_session`` fixture in ``tests/conftest.py``). Spawning the pair once
-instead of once per test is what keeps the DDP checks cheap; Lightning's own launcher from the command line keeps
-an end-to-end test of its own (``tests/test_train.py``)."""
+``python tests/ddp_session.py OUT`` trains the digits baseline into ``OUT/baseline``, then starts itself as a pair
+of processes (``torch.distributed.run --standalone --nproc-per-node 2``) that runs each scenario below, one after
+the other, the way a cluster launcher (torchrun, SLURM) starts a job: the processes exist before the first
+Trainer, so every Trainer joins the same gloo process group instead of launching its own. Rank 0 writes what each
+scenario produced under ``OUT/<scenario>``; ``OUT/exit_code`` is written last, whatever happened. The tests run
+the one-process counterpart and compare (``ddp_session`` fixture in ``tests/conftest.py``, which starts this in
+the background as soon as a selected test needs it). Spawning the pair once instead of once per test is what
+keeps the DDP checks cheap; Lightning's own launcher from the command line keeps an end-to-end test of its own
+(``tests/test_train.py``)."""
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import FAST, compose_config  # noqa: E402
+from tests.conftest import BASELINE_TRAINING, FAST, compose_config  # noqa: E402
 
 #: train.py with the ChannelScoring callback on one training batch: scores from 999 images sharded over the ranks
 SCORES_RUN = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", "test=false",
@@ -105,7 +109,8 @@ SCENARIOS = {"field_criteria": (field_criteria_scores, False), "channel_scores":
              "masked_fine_tune": (masked_fine_tune, True)}
 
 
-def main(out: Path, baseline: str) -> None:
+def run_scenarios(out: Path, baseline: str) -> None:
+    """Each scenario in this process, one of the pair (rank and world size from the launcher's environment)."""
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     for name, (scenario, needs_baseline) in SCENARIOS.items():
@@ -114,10 +119,26 @@ def main(out: Path, baseline: str) -> None:
         dist.barrier()
         scenario(folder, rank, world_size, *([baseline] if needs_baseline else []))
         dist.barrier()
-        if rank == 0:
-            (folder / "done").touch()
     dist.destroy_process_group()
 
 
+def main(out: Path) -> int:
+    """The baseline, then the pair; returns the pair's exit code (also written to ``OUT/exit_code``)."""
+    code = 1
+    try:
+        from infoprune.training import train
+
+        train(compose_config("train", BASELINE_TRAINING, out / "baseline"))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   __file__, str(out), str(out / "baseline" / "checkpoints" / "last.ckpt")]
+        code = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")).returncode
+    finally:
+        (out / "exit_code").write_text(str(code))
+    return code
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    if "LOCAL_RANK" in os.environ:  # one of the pair
+        run_scenarios(Path(sys.argv[1]), sys.argv[2])
+    else:
+        sys.exit(main(Path(sys.argv[1])))

@@ -222,7 +222,6 @@ def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
         torch.testing.assert_close(ddp["scores"][name], single_scores[name], rtol=0, atol=1e-12)
 
 
-@pytest.mark.xdist_group("ddp")
 def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path, ddp_session):
     from infoprune.training import train
     from tests.conftest import compose_config

@@ -229,7 +229,6 @@ def test_a_schedule_without_steps_fails_at_construction():
         ChannelPruning(InputL1(), amount=1.0)
 
 
-@pytest.mark.xdist_group("ddp")
 def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path, monkeypatch,
                                                                                       ddp_session):
     import runpy

@@ -242,7 +242,6 @@ def _digits_scores(rank: int, world_size: int) -> dict[str, dict[str, torch.Tens
             for name, build in DDP_CRITERIA.items()}
 
 
-@pytest.mark.xdist_group("ddp")
 def test_two_processes_give_the_same_scores_as_one(ddp_session):
     single = _digits_scores(0, 1)
     ddp = torch.load(ddp_session / "field_criteria" / "scores.pt", weights_only=False)  # _digits_scores of rank 0

@@ -283,7 +283,6 @@ def prune_py(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
                           timeout=timeout, cwd=cwd)
 
 
-@pytest.mark.xdist_group("ddp")
 def test_ddp_widths_equal_the_single_process_widths(tmp_path, ddp_session):
     from tests.ddp_session import PRUNE_RUN
     baseline = ddp_session / "baseline" / "checkpoints" / "last.ckpt"

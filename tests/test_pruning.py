@@ -270,7 +270,6 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
     assert not net.training and bn.momentum == 0.1  # modes and momentum restored
 
 
-@pytest.mark.xdist_group("ddp")
 def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(ddp_session):
     import pytorch_lightning as pl
 
