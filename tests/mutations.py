@@ -1,0 +1,224 @@
+"""Deliberate one-line breaks of documented behaviour, and whether the suite catches each.
+
+    python -m tests.mutations            # every mutation: caught / missed, then one JSON line
+    python -m tests.mutations -k resume  # the mutations whose name contains "resume"
+
+Each mutation replaces one exact piece of source (it must occur exactly once, so the list fails loudly when the
+code moves), runs the tests that should catch it (``pytest -x -n 0``), and restores the file, also when
+interrupted. A mutation counts as caught when those tests fail (pytest's exit code 1); a collection error or an
+empty selection is reported as an error, not as caught. Before any mutation, the named tests must pass on the
+unmodified tree. The last line printed is one JSON object: ``mutations_total``, ``mutations_caught`` and the names
+of the missed ones. docs/testing.md lists the same mutations with what each test reports."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str  # the behaviour broken
+    file: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must fail
+
+
+P, T = "infoprune/pipeline.py", "tests/test_prune.py"
+MUTATIONS = [
+    Mutation("resuming train.py", "infoprune/training.py",
+             'trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))',
+             "trainer.fit(model, datamodule=datamodule, ckpt_path=None)",
+             ("tests/test_train.py::test_resume_from_last_checkpoint_runs_only_the_remaining_epochs",)),
+    Mutation("a resumed fit's random draws", "infoprune/training.py",
+             "        set_random_state(state_dict)\n", "        pass\n",
+             ("tests/test_train.py::test_a_fit_resumed_after_a_crash_ends_with_the_uninterrupted_fits_weights",)),
+    Mutation("resuming an interrupted fine-tune", P,
+             "trainer.fit(model, datamodule=self.datamodule, ckpt_path=ckpt_path)",
+             "trainer.fit(model, datamodule=self.datamodule, ckpt_path=None)",
+             (f"{T}::test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing",)),
+    Mutation("the layer-by-layer schedule", "pruning/schedule.py",
+             "plan = [PruningStep(target, 1.0 - target, [name], finetune_epochs) for name in layer_names]",
+             "plan = [PruningStep(target, 1.0 - target, None, 0)]",
+             (f"{T}::test_layer_by_layer_schedule_prunes_one_layer_per_step_with_a_fine_tune_between",)),
+    Mutation("weighted MI l1_out", "pruning/metrics.py",
+             "normalized(mutual_information(stats.counts)) * normalized(output_l1(layer))",
+             "normalized(mutual_information(stats.counts)) * normalized(input_l1(layer))",
+             ("tests/test_documented.py::test_weighted_mi_l1_out_is_normalised_mi_times_normalised_output_l1",)),
+    Mutation("weighted MI activation", "pruning/metrics.py",
+             "weights = stats.bin_mean_abs() / layer_mean_abs if layer_mean_abs > 0",
+             "weights = stats.bin_mean_abs() if layer_mean_abs > 0",
+             ("tests/test_documented.py::test_weighted_mi_activation_weights_bins_by_mean_abs_activation",)),
+    Mutation("un-augmented calibration set", "datamodules/base.py",
+             "yield self.transform_batch(images.to(device), train=augment), labels.to(device)",
+             "yield self.transform_batch(images.to(device), train=True), labels.to(device)",
+             ("tests/test_documented.py::test_calibration_images_are_unaugmented_training_images_chosen_by_the_seed",)),
+    Mutation("Inf detection", "pruning/stats.py",
+             "            if not torch.isfinite(summary).all():", "            if torch.isnan(summary).any():",
+             ("tests/test_documented.py::test_inf_activations_are_detected_before_they_reach_the_histograms",)),
+    Mutation("iterative per-step amounts", "pruning/schedule.py",
+             "per_step = 1.0 - (1.0 - target) ** (1.0 / steps)", "per_step = target / steps",
+             (f"{T}::test_iterative_schedule_removes_the_same_fraction_of_what_is_left_at_every_step",)),
+    Mutation("results.json FLOPs", P,
+             'dense["flops"], count_flops(model.net, example))', 'dense["flops"], dense["flops"])',
+             (f"{T}::test_results_json_flops_are_those_of_the_saved_networks",)),
+    Mutation("global normalization: auto", P,
+             'normalization = "none" if isinstance(self.metric, (MutualInformation, Entropy)) else "max"',
+             'normalization = "max" if isinstance(self.metric, (MutualInformation, Entropy)) else "none"',
+             (f"{T}::test_global_scope_normalisation_auto_and_a_flops_budget",)),
+    Mutation("pruning.recalibrate_bn_images", P,
+             "                recalibrate_batchnorm(model.net, batches)\n", "                pass\n",
+             (f"{T}::test_batchnorm_is_re_estimated_after_pruning_when_asked",)),
+    Mutation("pruning.recalibrate_bn_augment", "datamodules/base.py",
+             "yield self.transform_batch(images.to(device), train=augment), labels.to(device)",
+             "yield self.transform_batch(images.to(device), train=False), labels.to(device)",
+             (f"{T}::test_batchnorm_is_re_estimated_after_pruning_when_asked",
+              "tests/test_datamodules.py::"
+              "test_augmented_calibration_batches_are_seeded_and_leave_the_global_random_state_alone")),
+    Mutation("seeded augmentation of calibration batches", "datamodules/base.py",
+             "with torch.random.fork_rng(devices=devices) if augment else nullcontext():", "with nullcontext():",
+             ("tests/test_datamodules.py::"
+              "test_augmented_calibration_batches_are_seeded_and_leave_the_global_random_state_alone",)),
+    Mutation("records made before a setting existed", P,
+             'SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False}', "SETTINGS_ADDED = {}",
+             (f"{T}::test_a_setting_added_later_keeps_the_records_made_before_it_at_the_value_that_reproduces_them",)),
+    Mutation("records recognised with the data elsewhere", P,
+             "return {name: value for name, value in datamodule.items() if name not in DATA_LOCATION}",
+             "return dict(datamodule)",
+             (f"{T}::test_runs_and_baselines_are_recognised_with_the_data_kept_elsewhere",)),
+    Mutation("a resumed run's time", P,
+             "carried = timer.time_elapsed() - (end - start if start is not None and end is not None else 0.0)",
+             "carried = 0.0",
+             (f"{T}::test_interrupted_fine_tune_resumes_and_a_failed_run_loses_nothing",)),
+    Mutation("rerun of a finished run", P,
+             "    finished = finished_results(cfg)\n", "    finished = None\n",
+             (f"{T}::test_two_job_multirun_reports_and_its_rerun_leaves_finished_jobs_byte_identical",)),
+    Mutation("CEP exclude_layers", "pruning/cep.py",
+             "return {n: m for n, m in layers.items() if n not in exclude}", "return dict(layers)",
+             ("tests/test_cep.py::test_excluded_layers_stay_dense_and_the_rest_reach_the_density",)),
+    Mutation("validation before work", "infoprune/validation.py",
+             "        if metric.needs_data:\n            check_stats(cfg, datamodule)\n",
+             "        if metric.needs_data:\n            pass\n",
+             ("tests/test_validation.py",)),
+    Mutation("selection rounding", "pruning/selection.py",
+             "n = math.ceil(fraction * num_channels - 1e-9)", "n = round(fraction * num_channels)",
+             ("tests/test_pruning.py::test_odd_widths_round_up_alike_and_the_rule_is_monotone",)),
+    Mutation("evaluation order", "datamodules/base.py",
+             "self.val_set, self.test_set = evaluation_order(val), evaluation_order(test)",
+             "self.val_set, self.test_set = val, test",
+             ("tests/test_datamodules.py::"
+              "test_evaluation_order_is_a_fixed_mix_of_classes_even_when_files_are_sorted_by_class",)),
+    Mutation("report seeds column", "pruning/report.py",
+             'seeds=sorted({m.get("seed") for m in members}, key=str))', 'seeds=[m.get("seed") for m in members])',
+             ("tests/test_report.py::test_seeds_column_counts_distinct_seeds_and_a_single_seed_shows_no_spread",)),
+    Mutation("reported accuracies", P,
+             '"acc_pruned": state["pruned"]["acc"],', '"acc_pruned": state["baseline"]["acc"],',
+             (f"{T}::test_oneshot_end_to_end_for_every_metric",)),
+    Mutation("ONNX export", "infoprune/export.py",
+             "graph = Preprocessed(net, preprocessing).eval() if bake else net",
+             "graph = torch.nn.Sequential(Preprocessed(net, preprocessing) if bake else net,"
+             " torch.nn.Softmax(1)).eval()",
+             ("tests/test_pruning.py::test_export_torchscript_and_onnx",)),
+    Mutation("sensitivity allocation", "pruning/sensitivity.py",
+             "if best is None or key < best[0]:", "if best is None or key > best[0]:",
+             ("tests/test_sensitivity.py::"
+              "test_allocation_takes_the_cheapest_loss_per_parameter_first_and_stops_at_the_target",)),
+    Mutation("sensitivity points", "infoprune/sensitivity.py",
+             "            model.load_state_dict(original)\n", "            pass\n",
+             ("tests/test_sensitivity.py::test_a_group_of_duplicates_loses_nothing_at_half",)),
+    Mutation("APoZ direction", "pruning/activation_metrics.py",
+             "return 1.0 - stats.mean", "return stats.mean",
+             ("tests/test_field_criteria.py::test_a_zeroed_channel_scores_lowest[apoz]",)),
+    Mutation("Taylor under DDP", "pruning/gradients.py",
+             'p.grad = all_reduce(p.grad, "sum") / total', "p.grad = p.grad / total",
+             ("tests/test_field_criteria.py::test_two_processes_give_the_same_scores_as_one",)),
+    Mutation("baseline curve on resume", "infoprune/training.py",
+             '        self.values = list(state_dict["values"])\n', "        pass\n",
+             (f"{T}::test_baseline_cache_trains_each_baseline_once_and_resumes_an_interrupted_training",)),
+    Mutation("drop-in resume", "callbacks/pruning.py",
+             "        pl_module.on_load_checkpoint = on_load_checkpoint\n", "        pass\n",
+             ("tests/test_drop_in.py::test_an_interrupted_fit_with_channel_pruning_resumes_from_its_checkpoint[1]",
+              "tests/test_drop_in.py::test_an_interrupted_fit_with_connection_pruning_resumes_with_its_masks")),
+    Mutation("masked parameter order", "callbacks/cep.py",
+             '    first = [k for k in ("weight", "weight_orig") if k in params]\n', "    first = []\n",
+             ("tests/test_drop_in.py::test_an_interrupted_fit_with_connection_pruning_resumes_with_its_masks",)),
+    Mutation("grouped consumer cost", "pruning/cost.py",
+             "per_out = self.in_kept[conv] * self._kernel(conv) // self.groups[conv]",
+             "per_out = self.in_kept[conv] * self._kernel(conv)",
+             ("tests/test_grouped_convolutions.py::test_masked_equals_slimmed_and_the_cost_accounting_is_exact",)),
+    Mutation("grouped consumer output-L1", "pruning/metrics.py",
+             "groups = convolution_groups(consumer.module)  # input i of a grouped conv", "groups = 1  #",
+             ("tests/test_grouped_convolutions.py::"
+              "test_output_l1_of_a_grouped_consumer_reads_the_filters_of_the_channels_group",)),
+    Mutation("the starting checkpoint read once", P,
+             "model = build_model(self.cfg, self.datamodule, self.checkpoint)",
+             "model = build_model(self.cfg, self.datamodule)",
+             (f"{T}::test_the_checkpoint_a_job_starts_from_is_read_once",)),
+]
+
+
+def run_tests(tests: tuple[str, ...]) -> int:
+    """pytest's exit code for ``tests`` in one process, stopping at the first failure."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
+               "-m", "", *tests]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode
+
+
+def apply(mutation: Mutation) -> str:
+    """Replace ``mutation.old`` by ``mutation.new`` in its file; returns the original text."""
+    path = ROOT / mutation.file
+    text = path.read_text()
+    found = text.count(mutation.old)
+    if found != 1:
+        raise ValueError(f"{mutation.name}: the text to replace occurs {found} times in {mutation.file}")
+    path.write_text(text.replace(mutation.old, mutation.new))
+    return text
+
+
+def check_sources() -> None:
+    """Every mutation's text occurs exactly once in its file (the list follows the code)."""
+    for mutation in MUTATIONS:
+        found = (ROOT / mutation.file).read_text().count(mutation.old)
+        if found != 1:
+            raise ValueError(f"{mutation.name}: the text to replace occurs {found} times in {mutation.file}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-k", default="", help="only the mutations whose name contains this")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.k in m.name]
+    check_sources()
+    tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+    if run_tests(tests) != 0:
+        sys.exit("the named tests fail on the unmodified tree: fix them before judging mutations")
+    print(f"{'mutation':<48} {'result':<8} {'s':>6}  file")
+    missed, errors = [], []
+    for mutation in chosen:
+        start = time.perf_counter()
+        original = apply(mutation)
+        try:
+            code = run_tests(mutation.tests)
+        finally:
+            (ROOT / mutation.file).write_text(original)
+        result = {1: "caught", 0: "MISSED"}.get(code, f"error {code}")
+        if code == 0:
+            missed.append(mutation.name)
+        elif code != 1:
+            errors.append(mutation.name)
+        print(f"{mutation.name:<48} {result:<8} {time.perf_counter() - start:6.1f}  {mutation.file}", flush=True)
+    caught = len(chosen) - len(missed) - len(errors)
+    print(f"{caught} of {len(chosen)} mutations caught")
+    print(json.dumps({"mutations_total": len(chosen), "mutations_caught": caught, "missed": missed,
+                      "errors": errors}))
+
+
+if __name__ == "__main__":
+    main()
