@@ -55,6 +55,16 @@ FAST = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "log
 BASELINE_TRAINING = FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "test=false"]
 
 
+@pytest.fixture(scope="session")
+def digits_baseline(tmp_path_factory) -> Path:
+    """``last.ckpt`` of :data:`BASELINE_TRAINING`, trained once per worker; the tests only read it."""
+    from infoprune.training import train
+
+    out = tmp_path_factory.mktemp("digits_baseline")
+    train(compose_config("train", BASELINE_TRAINING, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
 def ddp_session_dir(config: pytest.Config) -> Path:
     """Where ``tests/ddp_session.py`` writes in this pytest run: one folder every xdist worker sees."""
     base = config._tmp_path_factory.getbasetemp()  # the run's folder, or this worker's folder inside it

@@ -4,6 +4,8 @@ a DataModule with no ``calibration_batches``; one shot and AGP; slimming mid-fit
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -18,7 +20,7 @@ from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
 from infoprune.pruning.selection import keep_count
-from tests.conftest import RecordEpochs
+from tests.conftest import ROOT, RecordEpochs
 from tests.test_prune import CrashAtEpochTwo
 
 
@@ -245,3 +247,23 @@ def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_sli
         torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)
     assert ddp["global_step"] * 2 == single["global_step"] == 16  # every epoch ran, on half the batches per process
     assert ddp["optimizer_holds_the_parameters"] and single["optimizer_holds_the_parameters"]
+
+
+@pytest.mark.slow  # 17 s; the example in an externally launched pair is in the default run (above)
+def test_the_worked_example_from_the_command_line_under_ddp_equals_one_process(tmp_path, monkeypatch):
+    import runpy
+
+    from tests.ddp_session import EXAMPLE, example_args
+    result = subprocess.run([sys.executable, str(EXAMPLE), *example_args(tmp_path / "report2.json", 2)],
+                            capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, timeout=600,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *example_args(tmp_path / "report1.json", 1)])
+    for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # set by the example's seed_everything(0): restored after
+        monkeypatch.setenv(seeded, "0")
+    runpy.run_path(str(EXAMPLE), run_name="__main__")  # one process, in this one
+    single, ddp = (json.loads((tmp_path / f"report{n}.json").read_text()) for n in (1, 2))
+    assert ddp["structure"] == single["structure"] and ddp["structure"]["conv1"] < 64
+    for name, scores in single["scores"].items():
+        torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)
+    assert ddp["global_step"] * 2 == single["global_step"] == 16  # every epoch ran, on half the batches per process

@@ -21,15 +21,13 @@ from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1
 from infoprune.pruning.selection import select_layerwise
-from infoprune.training import train
-from tests.conftest import FAST, ROOT, compose_config
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def slimmed_checkpoint(tmp_path_factory):
+def slimmed_checkpoint(tmp_path_factory, digits_baseline):
     out = tmp_path_factory.mktemp("export")
-    train(compose_config("train", FAST + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"], out))
-    module = ImageClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    module = ImageClassifier.load_from_checkpoint(digits_baseline, weights_only=False)
     layers = find_prunable_layers(module.net, module.example_input_array)
     slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5))
     return save_weights_checkpoint(module, out / "slim.ckpt")

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,14 +167,13 @@ def test_overrides_and_exclusions():
 # --- Lightning: masks through fine-tuning, slimmed checkpoints, DDP fine-tune, export ----------------------------
 
 @pytest.fixture
-def trained_digits(make_cfg, tmp_path):
-    cfg = make_cfg(FAST + ["trainer.max_epochs=3", "trainer.accelerator=cpu"])
-    metrics = train(cfg)
-    return cfg, metrics, tmp_path / "run" / "checkpoints" / "last.ckpt"
+def trained_digits(digits_baseline) -> Path:
+    """``last.ckpt`` of a digits SimpleNet trained for 3 epochs (shared by the session, only read)."""
+    return digits_baseline
 
 
 def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(trained_digits, make_cfg, tmp_path):
-    cfg, _, last = trained_digits
+    last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)
     layers = find_prunable_layers(module.net, module.example_input_array)
     keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
@@ -210,7 +210,7 @@ def test_masks_stay_zero_through_fine_tuning_and_slimmed_checkpoint_round_trips(
 
 
 def test_checkpoint_that_does_not_fit_the_config_fails_before_any_work(trained_digits, make_cfg, tmp_path):
-    _, _, last = trained_digits
+    last = trained_digits
     with pytest.raises(ValueError, match="does not fit the model config"):
         train(make_cfg(FAST + [f"init_from={last}", "model=lenet5", "model.net.input_size=8", "model.net.padding=2"]))
     with pytest.raises(ValueError, match="does not fit the model config"):
@@ -220,7 +220,7 @@ def test_checkpoint_that_does_not_fit_the_config_fails_before_any_work(trained_d
 
 
 def test_export_torchscript_and_onnx(trained_digits, tmp_path):
-    _, _, last = trained_digits
+    last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)
     layers = find_prunable_layers(module.net, module.example_input_array)
     slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5))
@@ -242,7 +242,7 @@ def test_export_torchscript_and_onnx(trained_digits, tmp_path):
 
 @pytest.mark.slow  # 20 s; init_from of a slimmed checkpoint (one process) and train.py under DDP have fast tests
 def test_ddp_fine_tune_of_a_slimmed_checkpoint_runs_and_saves(trained_digits, tmp_path):
-    _, _, last = trained_digits
+    last = trained_digits
     module = ImageClassifier.load_from_checkpoint(last)
     layers = find_prunable_layers(module.net, module.example_input_array)
     slim_classifier(module, select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.7))
@@ -291,3 +291,24 @@ def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_
     by_path = single.test(reloaded, datamodule=DigitsDataModule(), ckpt_path=str(path), weights_only=False)
     expected = (in_memory.argmax(1) == dm.test_set.labels).double().mean().item()
     assert by_path[0]["test/acc"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow  # 7-11 s; the masked DDP fine-tune of the externally launched pair is in the default run (above)
+def test_masked_fine_tune_under_ddp_spawn_hands_back_masked_weights(trained_digits, tmp_path):
+    import pytorch_lightning as pl
+
+    from infoprune.datamodules import DigitsDataModule
+    module = ImageClassifier.load_from_checkpoint(trained_digits)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.5)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
+    trainer.fit(module, datamodule=DigitsDataModule())
+    assert masked_channels_are_zero(layers, keep)  # the weights ddp_spawn hands back are still masked
+    slim_classifier(module, keep)
+    path = save_weights_checkpoint(module, tmp_path / "slim.ckpt")
+    single = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    reloaded = ImageClassifier.load_from_checkpoint(path)
+    by_path = single.test(reloaded, datamodule=DigitsDataModule(), ckpt_path=str(path), weights_only=False)
+    direct = single.test(module, datamodule=DigitsDataModule())
+    assert by_path[0]["test/acc"] == pytest.approx(direct[0]["test/acc"], abs=1e-6)
