@@ -425,7 +425,7 @@ class ConnectionPruning(ScheduledPruning):
 def load_slimmed(module: nn.Module, path: str | Path) -> nn.Module:
     """Load a network saved by ``ChannelPruning(save_path=...)`` into ``module``, a freshly built dense copy of the
     pruned LightningModule (or network): slim it to the recorded widths, then load the weights."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     net = module if saved.get("network") is None else getattr(module, saved["network"])
     example = getattr(module, "example_input_array", None)
     if not isinstance(example, torch.Tensor):

@@ -21,6 +21,10 @@ class DataNotFoundError(FileNotFoundError):
     """The dataset's files are not where the datamodule looks; the message says which files and where."""
 
 
+class DataCorruptError(ValueError):
+    """A dataset file is there but cannot be read (truncated, not an image); the message names the file."""
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir``, or ``$DATA_DIR``, or ``./data``; an existing path that is not a directory is an error."""
     path = Path(data_dir or os.environ.get("DATA_DIR") or "data").expanduser()

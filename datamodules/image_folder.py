@@ -14,7 +14,12 @@ from PIL import Image
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from infoprune.datamodules.base import ImageDataModule, InMemoryImageDataModule, missing_data_error
+from infoprune.datamodules.base import (
+    DataCorruptError,
+    ImageDataModule,
+    InMemoryImageDataModule,
+    missing_data_error,
+)
 from infoprune.io import atomic_save
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -25,9 +30,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("INFOPRUNE_CACHE") or Path.home() / ".cache" / "infoprune")
 
 
-def _decode(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+def _decode(data: bytes, where: str) -> np.ndarray:
+    """The RGB pixels of an encoded image, or a ``DataCorruptError`` naming ``where`` it came from."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for truncated and unknown data
+        raise DataCorruptError(f"{where} is not a readable image ({type(error).__name__}: {error}); replace the "
+                               f"file, or the archive it came from") from None
 
 
 def _iter_image_folder(source: Path):
@@ -50,7 +60,7 @@ def decode_image_folder(source: Path, splits=("train", "test")) -> dict[str, tup
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {s: [] for s in splits}
     for split, cls, name, data in tqdm(_iter_image_folder(source), desc=f"decoding {source.name}", unit="img"):
         if split in found:
-            found[split].append((cls, name, _decode(data)))
+            found[split].append((cls, name, _decode(data, f"{source}/{split}/{cls}/{name}")))
     classes = sorted({cls for items in found.values() for cls, _, _ in items})
     out = {}
     for split, items in found.items():

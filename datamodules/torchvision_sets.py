@@ -4,13 +4,14 @@ Each reads its files in the original on-disk format from ``data_dir/<subdir>`` a
 ``download=true`` (which needs a network)."""
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
 import torch
 from torchvision import datasets
 
-from infoprune.datamodules.base import InMemoryImageDataModule, missing_data_error
+from infoprune.datamodules.base import DataCorruptError, InMemoryImageDataModule, missing_data_error
 
 
 def _files_present(root: Path, files: list[str]) -> bool:
@@ -40,6 +41,24 @@ class _PresentFilesSVHN(datasets.SVHN):
 
     def _check_integrity(self) -> bool:
         return (Path(self.root) / self.filename).is_file()
+
+
+def check_idx_file(path: Path) -> None:
+    """An uncompressed IDX file of unsigned bytes (MNIST's format) is ``4 + 4 d + n_1 ... n_d`` bytes long: a
+    4-byte magic number (0, 0, type 0x08, ``d``), ``d`` big-endian dimensions, then the data; a
+    ``DataCorruptError`` naming the file otherwise."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+        dims = handle.read(4 * header[3]) if len(header) == 4 else b""
+    if len(header) < 4 or header[:3] != bytes([0, 0, 8]) or len(dims) < 4 * header[3]:
+        raise DataCorruptError(f"{path} is not an IDX file of unsigned bytes ({size} bytes): replace it with the "
+                               f"dataset's original file")
+    shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
+    expected = 4 + len(dims) + math.prod(shape)
+    if size != expected:
+        raise DataCorruptError(f"{path} has {size} bytes where its header ({' x '.join(map(str, shape))}) needs "
+                               f"{expected}: the file is truncated; replace it with the dataset's original file")
 
 
 class TorchvisionDataModule(InMemoryImageDataModule):
@@ -88,6 +107,12 @@ class MNISTDataModule(TorchvisionDataModule):
 
     def __init__(self, crop_padding: int = 2, flip: bool = False, **kwargs) -> None:
         super().__init__(crop_padding=crop_padding, flip=flip, **kwargs)
+
+    def check_files(self) -> None:
+        """The four IDX files are present and each is as long as its header says."""
+        super().check_files()
+        for name in self.expected:
+            check_idx_file(self.root / name)
 
     def read(self, train: bool, download: bool = False):
         return self.reader(str(self.root), train=train, download=download)

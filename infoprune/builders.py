@@ -1,6 +1,7 @@
 """Building the datamodule and the classifier of a composed config, and reading checkpoints into them."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -23,11 +24,34 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
+def first_line(error: BaseException) -> str:
+    """The exception's type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def read_checkpoint(path: str) -> dict:
-    """A checkpoint's contents (on the CPU), or a clear error when the file is missing."""
+    """A checkpoint's contents (on the CPU), loaded with ``weights_only=True`` (tensors and plain values only:
+    unpickling nothing that could run code), or a one-line error naming the file and what is wrong with it: missing,
+    unreadable (truncated, not a PyTorch file), holding other objects, without weights, or with NaN/Inf weights."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain values, which are not "
+                         f"unpickled ({first_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
+        raise ValueError(f"checkpoint {path} cannot be read: the file is truncated or not a PyTorch checkpoint "
+                         f"({first_line(error)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path} holds no state_dict: it is not a checkpoint of train.py or prune.py")
+    bad = [k for k, v in checkpoint["state_dict"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"checkpoint {path} has NaN or Inf weights in {len(bad)} tensor(s), e.g. {bad[0]}: the "
+                         f"training that wrote it diverged")
+    return checkpoint
 
 
 def check_checkpoint_fits(model: ImageClassifier, checkpoint: dict, path: str) -> None:
@@ -72,7 +96,10 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule, checkpoint: dict |
         model = instantiate(cfg.model, net=net_args, input_shape=list(datamodule.input_shape), structure=structure,
                             preprocessing=datamodule.preprocessing)
     except InstantiationException as error:  # the network's own error (not a module, a bad argument) as is
-        raise (error.__cause__ or error) from None
+        cause = error.__cause__ or error
+        if structure is not None and isinstance(cause, ValueError) and "structure record" in str(cause):
+            raise ValueError(f"checkpoint {source}: {cause}") from None
+        raise cause from None
     if checkpoint is not None:
         check_checkpoint_fits(model, checkpoint, source)
         model.load_state_dict(checkpoint["state_dict"])

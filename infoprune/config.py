@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from infoprune.io import write_atomically
+
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` of a config group such as ``callbacks`` or ``logger``."""
@@ -60,9 +62,14 @@ def print_config_tree(cfg: DictConfig, save_dir: str | Path | None = None) -> No
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        with open(save_dir / "config_tree.log", "w") as file:
-            rich.print(tree, file=file)
-        OmegaConf.save(cfg, save_dir / "config_resolved.yaml", resolve=True)
+        write_atomically(save_dir / "config_tree.log", lambda tmp: rich_print_to(tree, tmp))
+        write_atomically(save_dir / "config_resolved.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         overrides = command_line_overrides()
         if overrides is not None:
-            OmegaConf.save(OmegaConf.create(overrides), save_dir / "overrides.yaml")
+            write_atomically(save_dir / "overrides.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(overrides), tmp))
+
+
+def rich_print_to(renderable: Any, path: Path) -> None:
+    """``renderable`` as rich prints it, written to the file at ``path``."""
+    with open(path, "w") as file:
+        rich.print(renderable, file=file)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from infoprune.io import atomic_write_text
 from infoprune.models.classifier import ImageClassifier
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -55,7 +56,7 @@ def export_network(module: ImageClassifier, path: str | Path, fmt: str = "torchs
         torch.onnx.export(graph, (example,), str(path), input_names=[name], output_names=["logits"],
                           dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     if not bake and preprocessing is not None:
-        Path(f"{path}.preprocessing.json").write_text(json.dumps(preprocessing, indent=2))
+        atomic_write_text(f"{path}.preprocessing.json", json.dumps(preprocessing, indent=2))
     return path
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         parser.error(f"checkpoint {checkpoint} does not exist")
-    module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     out = Path(args.out) if args.out else checkpoint.with_suffix(FORMATS[args.format])
     path = export_network(module, out, args.format, bake=not args.no_bake)
     print(f"exported {checkpoint} to {path} ({args.format}, preprocessing "

@@ -299,7 +299,7 @@ class PruningRun:
     def save_state(self, state: dict[str, Any]) -> None:
         state["phases"] = dict(self.phases)
         if self.is_global_zero():
-            (self.out / "state.json").write_text(json.dumps(state, indent=2))
+            atomic_write_text(self.out / "state.json", json.dumps(state, indent=2))
 
     def run(self) -> dict[str, Any]:
         """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
@@ -314,7 +314,7 @@ class PruningRun:
             log.info("resuming the fine-tune from %s", last)
             self.phases.update(state.get("phases", {}))
             self.carried_s += sum(self.phases.values())
-            model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=False)
+            model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=True)
             resume = str(last)
         else:
             model, state = self.prune_channels()
@@ -457,7 +457,7 @@ class PruningRun:
         }
         if self.is_global_zero():
             save_weights_checkpoint(model, self.out / "final.ckpt")
-            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+            atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
             scalars = {f"summary/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))
                        and not isinstance(v, bool)}
             for logger in self.loggers:

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from infoprune.builders import build_model  # noqa: E402
 from infoprune.config import print_config_tree  # noqa: E402
 from infoprune.console import quiet_terminal  # noqa: E402
+from infoprune.io import save_figure  # noqa: E402
 from infoprune.pipeline import PruningRun  # noqa: E402
 from infoprune.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
 from infoprune.pruning.cep import ConnectionCriterion  # noqa: E402
@@ -159,7 +160,7 @@ def plot_sensitivity(rows: list[dict], out_dir: Path) -> list[Path]:
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     lines = out_dir / "sensitivity.png"
-    fig.savefig(lines, dpi=120)
+    save_figure(fig, lines)
     plt.close(fig)
     drop = [[100 * (baseline - table[layer].get(r, float("nan"))) for r in ratios] for layer in layers]
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(ratios), 1.0 + 0.35 * len(layers)))
@@ -173,7 +174,7 @@ def plot_sensitivity(rows: list[dict], out_dir: Path) -> list[Path]:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     heat = out_dir / "sensitivity_heatmap.png"
-    fig.savefig(heat, dpi=120)
+    save_figure(fig, heat)
     plt.close(fig)
     return [lines, heat]
 

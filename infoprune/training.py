@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         ckpt = best_checkpoint(trainer) if cfg.get("train", True) else None
         log.info("testing %s", ckpt or "the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     return metrics
 

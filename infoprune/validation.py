@@ -5,7 +5,9 @@ Nothing is written to the run directory."""
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -13,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
-from infoprune.builders import build_datamodule, build_model, source_checkpoint
+from infoprune.builders import build_datamodule, build_model, first_line, source_checkpoint
 from infoprune.datamodules.base import ImageDataModule
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
@@ -248,9 +250,22 @@ def check_example_forward(model: ImageClassifier, cfg: DictConfig) -> None:
                           f"(1, {model.num_classes})")
 
 
+def check_output_dir(cfg: DictConfig) -> None:
+    """``paths.output_dir`` is a folder this process can create and write a file in."""
+    out = Path(str(setting(cfg, "paths.output_dir")))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError("paths.output_dir", f"{out} is not a folder this job can write in "
+                          f"({first_line(error)}); choose another (hydra.run.dir=...)") from None
+
+
 def check_common(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, dict | None]:
     """Threads, trainer, callbacks, loggers, data and network: what train.py and prune.py share. Returns the
     datamodule, the network and the contents of the checkpoint it was loaded from (None without one)."""
+    check_output_dir(cfg)
     if setting(cfg, "threads", "auto") != "auto":
         check_int(cfg, "threads", 1)
     check_trainer(cfg)

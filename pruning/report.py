@@ -33,6 +33,8 @@ from scipy import stats
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from infoprune.io import atomic_write_text, save_figure  # noqa: E402
+
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
 OPTIONAL = ("storage_reduction", "wall_s")
@@ -382,7 +384,7 @@ def pairwise_plot(tests: dict[str, list[tuple]], path: Path) -> Path:
         ax.set_title(name, fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                  label="row minus column, same seed (points), mean over seeds")
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -501,7 +503,7 @@ def curve_plot(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -522,7 +524,7 @@ def paired_plot(rows: list[dict], reference: str, path: Path) -> Path:
     ax.set_xlabel(f"accuracy minus {reference}'s on the same seed (points), mean ± std over seeds")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -563,7 +565,7 @@ def bar_plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
     fig.suptitle(f"target {', '.join(targets)}: {span}% of the {RESOURCES[resource]} remain; mean ± std over seeds",
                  fontsize=9)
     fig.legend(fontsize=7, loc="outside lower center")
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -593,7 +595,7 @@ def plot(rows: list[dict], path: Path, resource: str = "params") -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -642,7 +644,7 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     if baselines:
         curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))
         text += baseline_table(baselines) + f"\n![baseline training curves]({curves.name})\n"
-    table.write_text(text)
+    atomic_write_text(table, text)
     return table, plot(rows, figure, x)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from infoprune.io import write_atomically
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer
 from infoprune.pruning.selection import check_amount, layer_keep_count
@@ -53,16 +54,15 @@ def check_ratios(ratios: list[float]) -> list[float]:
 
 
 def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write rows (``COLUMNS``) to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
-    partial.replace(path)
-    return path
+    """Write rows (``COLUMNS``) to ``path`` atomically (:func:`infoprune.io.write_atomically`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
+
+    return write_atomically(path, write)
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

@@ -85,7 +85,7 @@ def save_sparse(state_dict: dict[str, torch.Tensor], sparse_keys: list[str], pat
 
 def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The dense ``state_dict`` of a file written by ``save_sparse``."""
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     return {**payload["dense"], **{k: decode(v) for k, v in payload["sparse"].items()}}

@@ -39,7 +39,7 @@ def save_channel_scores(path: str | os.PathLike, metric: str, scores: dict[str, 
 
 def load_channel_scores(path: str | os.PathLike) -> dict:
     """Read a file written by ``save_channel_scores`` (checks the format tag)."""
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     return payload
