@@ -40,9 +40,10 @@ from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import Entropy, MutualInformation
 from infoprune.pruning.schedule import PruningStep, plan_schedule
 from infoprune.pruning.sparse import save_sparse
+from infoprune.pruning.storage import load_channel_scores
 from infoprune.pruning.summary import PruningSummary
 from infoprune.threads import apply_job_threads
-from infoprune.training import ValidationCurve, best_checkpoint
+from infoprune.training import ValidationCurve, best_checkpoint, random_state, set_random_state
 from infoprune.validation import CheckedRun, validate_pruning
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,15 @@ def data_identity(datamodule: dict) -> dict:
     """The resolved datamodule settings less :data:`DATA_LOCATION`: the data and how it is split, batched and
     augmented."""
     return {name: value for name, value in datamodule.items() if name not in DATA_LOCATION}
+
+
+def network_digest(model: torch.nn.Module) -> str:
+    """md5 of every tensor of ``model``'s state dict (names, shapes and bytes): equal exactly when the networks are."""
+    digest = hashlib.md5()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resume_key(cfg: DictConfig) -> dict:
@@ -218,13 +228,16 @@ class PruningRun:
         self.checkpoint = None  # its weights are in the model now
         if self.cfg.get("ckpt_path"):
             return model
-        cache = baseline_cache_file(self.cfg)
+        shared = baseline_cache_file(self.cfg)
+        cache = shared or self.out / "baseline.ckpt"  # without a shared cache, the run's own entry (for a rerun)
         asked = time.perf_counter()
-        with baseline_lock(cache, enabled=cache is not None and "ddp" not in str(self.cfg.trainer.get("strategy"))):
-            if cache is not None:  # another job of the sweep may have held the lock while it trained this baseline
+        with baseline_lock(shared, enabled=shared is not None and "ddp" not in str(self.cfg.trainer.get("strategy"))):
+            if shared is not None:  # another job of the sweep may have held the lock while it trained this baseline
                 self.phases["baseline_wait"] = time.perf_counter() - asked
-            if cache is not None and cache.exists():
+            if cache.exists():
                 log.info("baseline from the cache: %s", cache)
+                if shared is None:
+                    set_random_state(torch.load(self.random_state_file(cache), weights_only=True))
                 checkpoint = read_checkpoint(str(cache))
                 check_checkpoint_fits(model, checkpoint, str(cache))
                 model.load_state_dict(checkpoint["state_dict"])
@@ -232,27 +245,41 @@ class PruningRun:
                 self.baseline_curve = json.loads(curve.read_text())["val_acc"] if curve.exists() else None
                 return model
             log.info("no ckpt_path: training the baseline first")
-            partial = cache.with_suffix(".partial") if cache is not None else None
-            resume = partial / "last.ckpt" if partial is not None and (partial / "last.ckpt").exists() else None
+            partial = cache.with_suffix(".partial")
+            resume = partial / "last.ckpt" if (partial / "last.ckpt").exists() else None
             if resume is not None:
                 log.info("resuming the baseline's interrupted training from %s", resume)
             curve = ValidationCurve(monitor="val/acc")
             self.fit(model, "baseline", self.cfg.trainer.max_epochs, ckpt_path=resume and str(resume),
                      callbacks=[curve], checkpoint_dir=partial)
+            if shared is None:  # a rerun continues from the random state this training ended in
+                atomic_save(random_state(), self.random_state_file(cache))
             self.baseline_curve = curve.values
             barrier()  # every process has read the best checkpoint before rank 0 removes it
-            if cache is not None and self.is_global_zero():
+            if self.is_global_zero():
                 save_weights_checkpoint(model, cache)
                 atomic_write_text(cache.with_suffix(".json"), json.dumps({"val_acc": curve.values}))
                 shutil.rmtree(partial, ignore_errors=True)
         return model
 
     def scores(self, model: ImageClassifier, step_dir: str) -> dict[str, torch.Tensor]:
-        """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks)."""
+        """Scores of every prunable channel (statistics collected inside a validate run, sharded over ranks). A
+        rerun of an interrupted job reads them back from ``<step_dir>/channel_scores.pt`` when they were computed
+        with these settings on this very network (``scores_key.json``: settings digest, md5 of the weights)."""
+        key = {"settings_digest": settings_digest(self.cfg), "network_md5": network_digest(model)}
+        saved, key_file = self.out / step_dir / "channel_scores.pt", self.out / step_dir / "scores_key.json"
+        rng = self.random_state_file(saved)
+        if saved.exists() and key_file.exists() and rng.exists() and json.loads(key_file.read_text()) == key:
+            log.info("scores of %s from %s (computed before the interruption)", step_dir, saved)
+            set_random_state(torch.load(rng, weights_only=True))  # as if the statistics pass had run here
+            return {name: layer["scores"] for name, layer in load_channel_scores(saved)["layers"].items()}
         scoring = ChannelScoring(self.metric, stats=resolved(self.cfg.pruning.stats), save_dir=str(self.out / step_dir),
                                  stage="validate", group_reduction=self.cfg.pruning.get("group_reduction", "mean"))
         self.collect(step_dir, scoring, model)
+        atomic_save(random_state(), rng)
+        barrier()  # every process's random state is saved before the key says the scores can be reused
         if self.is_global_zero():
+            atomic_write_text(key_file, json.dumps(key))
             for logger in self.loggers:
                 log_score_histograms(logger, step_dir, scoring.scores)
         return scoring.scores
@@ -425,6 +452,13 @@ class PruningRun:
             summary["bytes_dense"] = (self.out / "dense_weights.pt").stat().st_size
             summary["storage_reduction"] = summary["bytes_dense"] / summary["bytes_sparse_relative8"]
         return summary
+
+    @staticmethod
+    def random_state_file(result: Path) -> Path:
+        """Where this process keeps its random state as it was when ``result`` was computed: a rerun that reads
+        ``result`` back instead of computing it again restores that state, so that it draws what an uninterrupted
+        run draws."""
+        return result.with_name(f"{result.stem}.random_state{rank_and_world_size()[0]}.pt")
 
     @staticmethod
     def is_global_zero() -> bool:
