@@ -251,11 +251,15 @@ def check_example_forward(model: ImageClassifier, cfg: DictConfig) -> None:
 
 
 def check_output_dir(cfg: DictConfig) -> None:
-    """``paths.output_dir`` is a folder this process can create and write a file in."""
+    """``paths.output_dir`` is a folder this process can write in, or one it can create (nothing is created here:
+    a temporary file in the nearest existing folder on its path is written and removed)."""
     out = Path(str(setting(cfg, "paths.output_dir")))
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError("paths.output_dir", f"{out} is not a folder this job can write in: {existing} is a file; "
+                          f"choose another (hydra.run.dir=...)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise ConfigError("paths.output_dir", f"{out} is not a folder this job can write in "
