@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infoprune.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 OUTPUT = ROOT / "docs" / "config_reference.md"
@@ -63,7 +65,7 @@ def generate() -> str:
 
 
 def main() -> None:
-    OUTPUT.write_text(generate())
+    atomic_write_text(OUTPUT, generate())
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from infoprune.io import atomic_write_text
+from infoprune.io import atomic_write_text, write_atomically
 from infoprune.models.classifier import ImageClassifier
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -50,11 +50,12 @@ def export_network(module: ImageClassifier, path: str | Path, fmt: str = "torchs
     graph = Preprocessed(net, preprocessing).eval() if bake else net
     example = torch.zeros_like(module.example_input_array.cpu())
     if fmt == "torchscript":
-        torch.jit.trace(graph, example).save(str(path))
+        write_atomically(path, lambda tmp: torch.jit.trace(graph, example).save(str(tmp)))
     else:
         name = "pixels" if bake else "images"
-        torch.onnx.export(graph, (example,), str(path), input_names=[name], output_names=["logits"],
-                          dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        write_atomically(path, lambda tmp: torch.onnx.export(
+            graph, (example,), str(tmp), input_names=[name], output_names=["logits"],
+            dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False))
     if not bake and preprocessing is not None:
         atomic_write_text(f"{path}.preprocessing.json", json.dumps(preprocessing, indent=2))
     return path

@@ -117,7 +117,9 @@ def test_a_failed_write_keeps_the_earlier_file_and_names_the_path(tmp_path, monk
     target = tmp_path / "results.json"
     atomic_write_text(target, '{"done": true}')
 
-    def full_disk(self, text):
+    def full_disk(self, text):  # a few bytes reach the disk, then it is full
+        with open(self, "w") as handle:
+            handle.write(text[:3])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
@@ -153,3 +155,27 @@ def test_a_full_disk_at_the_end_of_a_job_loses_nothing_and_the_rerun_finishes_it
     assert read_checkpoint(str(last))["epoch"] == finished_epochs  # the fine-tune was not run again
     assert results["acc_finetuned"] == pytest.approx(digits_test_accuracy(run / "final.ckpt"), abs=1 / 359)
     shutil.rmtree(run)
+
+
+def test_lightning_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from infoprune.checkpoint_io import AtomicCheckpointIO
+    from infoprune.training import build_trainer
+
+    trainer = build_trainer(compose_config("train", FAST + ["trainer.accelerator=cpu"], tmp_path / "run"))
+    writer = trainer.strategy.checkpoint_io
+    assert isinstance(writer, AtomicCheckpointIO)  # what every configured Trainer writes checkpoints with
+    last = tmp_path / "last.ckpt"
+    writer.save_checkpoint({"epoch": 1}, last)
+    save = torch.save
+
+    def killed_mid_write(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"PK")  # the first bytes of a zip archive, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint({"epoch": 2}, last)
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.load(last, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["last.ckpt"]
