@@ -52,10 +52,22 @@ def die_before_writing(name: str) -> None:
     pipeline.atomic_write_text = lambda path, text: die() if Path(path).name == name else write(path, text)
 
 
+def die_at_call(owner: type, name: str, call: int) -> None:
+    """``owner.name`` kills the process when it is called for the ``call``-th time (1: the first)."""
+    method, calls = getattr(owner, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(None)
+        return die() if len(calls) == call else method(*args, **kwargs)
+
+    setattr(owner, name, counted)
+
+
 #: phase -> how the process is killed there
 PHASES = {
     "baseline": lambda: die_in_fit("baseline", 2),  # baseline training: epochs 0-1 done, 2 to go
-    "statistics": lambda: setattr(pipeline.PruningRun, "collect", die),  # as the statistics pass starts
+    "statistics": lambda: die_at_call(pipeline.PruningRun, "collect", 1),  # as the statistics pass starts
+    "second_statistics": lambda: die_at_call(pipeline.PruningRun, "collect", 2),  # of an iterative schedule's step 1
     "selection": lambda: setattr(pipeline.PruningRun, "select", die),  # scores computed and saved
     "slimming": lambda: setattr(ChannelPruning, "slim_now", die),  # channels chosen, network not yet slimmed
     "finetune": lambda: die_in_fit("finetune", 1),  # fine-tuning: epoch 0 done

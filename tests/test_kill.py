@@ -82,6 +82,23 @@ def test_a_job_killed_at_any_phase_resumes_to_the_uninterrupted_result(tmp_path,
     assert not list(out.rglob(".*.tmp*"))  # no temporary file left behind
 
 
+@pytest.mark.slow  # 15 s: an uninterrupted iterative job, the killed one and its rerun
+def test_an_iterative_job_killed_in_its_second_step_reads_the_first_steps_scores_back(tmp_path):
+    iterative = JOB + ["pruning/schedule=iterative", "pruning.schedule.steps=2", "pruning.schedule.finetune_epochs=1"]
+    expected = comparable(prune(compose_config("prune", iterative, tmp_path / "uninterrupted")))
+    out = tmp_path / "run"
+    killed = job("second_statistics", out, iterative)
+    _, stderr = killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, stderr[-3000:]
+    before = mtimes(out, "baseline.ckpt", "step_0/channel_scores.pt")
+    assert len(before) == 2 and not (out / "step_1" / "channel_scores.pt").exists()
+    RecordEpochs.epochs.clear()
+    results = prune(compose_config("prune", iterative, out))
+    assert RecordEpochs.epochs == [0, 0, 1]  # step 0's fine-tune is trained again, then the final fine-tune
+    assert mtimes(out, "baseline.ckpt", "step_0/channel_scores.pt") == before  # step 0's scores read back
+    assert comparable(results) == expected
+
+
 def two_jobs_sharing_a_baseline(tmp_path: Path) -> list[dict]:
     """Two jobs started at once (other criteria, the same baseline settings and cache); their results."""
     cache = tmp_path / "cache"
