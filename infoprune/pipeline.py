@@ -220,7 +220,9 @@ class PruningRun:
     def baseline(self) -> ImageClassifier:
         """The trained network: from ``ckpt_path``; else from the baseline cache (``baseline_cache``: one baseline
         per model, data, training length and seed, shared by every job of a sweep); else trained here for
-        ``trainer.max_epochs`` epochs and put in the cache. A cached baseline's training checkpoints into
+        ``trainer.max_epochs`` epochs and put in the cache; without a cache, kept as the run's own entry
+        ``<output>/baseline.ckpt``, with the random state the training ended in, so that a rerun of the interrupted
+        job continues from there as the uninterrupted job did. A baseline's training checkpoints into
         ``<cache entry>.partial/`` (removed once the entry is saved), so an interrupted training resumes there, in
         any job with the same settings. ``self.baseline_curve``: the validation accuracy after every epoch of the
         baseline's training (kept beside the cache entry as ``<entry>.json``), None for a ``ckpt_path``."""
@@ -236,7 +238,7 @@ class PruningRun:
                 self.phases["baseline_wait"] = time.perf_counter() - asked
             if cache.exists():
                 log.info("baseline from the cache: %s", cache)
-                if shared is None:
+                if shared is None and self.random_state_file(cache).exists():
                     set_random_state(torch.load(self.random_state_file(cache), weights_only=True))
                 checkpoint = read_checkpoint(str(cache))
                 check_checkpoint_fits(model, checkpoint, str(cache))
@@ -329,7 +331,8 @@ class PruningRun:
             atomic_write_text(self.out / "state.json", json.dumps(state, indent=2))
 
     def run(self) -> dict[str, Any]:
-        """The whole pipeline; a rerun in the same output directory resumes an interrupted fine-tune."""
+        """The whole pipeline; a rerun in the same output directory resumes an interrupted job: its baseline
+        (:meth:`baseline`), its scores (:meth:`scores`) and its fine-tune are taken up where they were left."""
         if isinstance(self.metric, ConnectionCriterion):
             return self.run_connections()
         state_file, last = self.out / "state.json", self.out / "finetune" / "checkpoints" / "last.ckpt"

@@ -178,7 +178,7 @@ MUTATIONS = [
              "except (OSError, ValueError, SyntaxError) as error:", "except KeyError as error:",
              ("tests/test_faults.py::test_a_broken_jpeg_is_named_before_any_training",)),
     Mutation("the baseline's random state on a rerun", P,
-             "set_random_state(torch.load(self.random_state_file(cache), weights_only=True))", "pass",
+             "    set_random_state(torch.load(self.random_state_file(cache), weights_only=True))", "    pass",
              ("tests/test_kill.py::test_a_job_killed_at_any_phase_resumes_to_the_uninterrupted_result[statistics]",)),
     Mutation("the scores' random state on a rerun", P,
              "set_random_state(torch.load(rng, weights_only=True))  # as if the statistics pass had run here",
