@@ -6,8 +6,9 @@ import netrc
 import os
 from pathlib import Path
 
+import torch
 from lightning_fabric.loggers.logger import rank_zero_experiment
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
@@ -64,3 +65,27 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def log_score_histograms(logger, step: str, scores: dict[str, torch.Tensor]) -> None:
+    """One histogram of channel scores per layer (``scores/<step>/<layer>``) for W&B and TensorBoard; the scores
+    file holds them for everyone else."""
+    if isinstance(logger, WandbLogger):
+        import wandb
+        logger.experiment.log({f"scores/{step}/{name}": wandb.Histogram(values.numpy())
+                               for name, values in scores.items()})
+    elif isinstance(logger, TensorBoardLogger):
+        for name, values in scores.items():
+            logger.experiment.add_histogram(f"scores/{step}/{name}", values.double().numpy(), global_step=0)
+
+
+def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> None:
+    """Per-layer channels kept (``pruning/channels``): a W&B table, a markdown table in TensorBoard's text tab
+    (other loggers get the numbers through the summary metrics)."""
+    rows = [[name, before[name], after[name], after[name] / before[name]] for name in before]
+    if hasattr(logger, "log_table"):
+        logger.log_table(key="pruning/channels", columns=["layer", "before", "after", "kept"], data=rows)
+    elif isinstance(logger, TensorBoardLogger):
+        lines = ["| layer | before | after | kept |", "|---|---|---|---|"]
+        lines += [f"| {name} | {b} | {a} | {kept:.1%} |" for name, b, a, kept in rows]
+        logger.experiment.add_text("pruning/channels", "\n".join(lines), global_step=0)

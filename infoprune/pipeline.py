@@ -19,7 +19,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Timer
-from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +30,7 @@ from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.console import announce_phase, quiet_terminal
 from infoprune.io import atomic_save, atomic_write_text
+from infoprune.loggers import log_channel_table, log_score_histograms
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
@@ -503,21 +503,6 @@ class PruningRun:
                 logger.save()
             print_results(results)
         return results
-
-
-def log_score_histograms(logger, step: str, scores: dict[str, torch.Tensor]) -> None:
-    """One histogram of channel scores per layer, for W&B (the scores file holds them for everyone else)."""
-    if isinstance(logger, WandbLogger):
-        import wandb
-        logger.experiment.log({f"scores/{step}/{name}": wandb.Histogram(values.numpy())
-                               for name, values in scores.items()})
-
-
-def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> None:
-    """Per-layer channels kept, as a W&B table (other loggers get the numbers through the summary metrics)."""
-    if hasattr(logger, "log_table"):
-        logger.log_table(key="pruning/channels", columns=["layer", "before", "after", "kept"],
-                         data=[[n, before[n], after[n], after[n] / before[n]] for n in before])
 
 
 def print_results(results: dict[str, Any]) -> None:
