@@ -1,4 +1,5 @@
-"""Shared fixtures: composing configs with Hydra's compose API, isolated output and cache directories."""
+"""Shared fixtures: configs composed with Hydra's compose API writing to isolated folders, one trained digits baseline
+per worker, and the one DDP process pair of the run (tests/ddp_session.py)."""
 from __future__ import annotations
 
 import os
