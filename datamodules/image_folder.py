@@ -40,6 +40,19 @@ def _decode(data: bytes, where: str) -> np.ndarray:
                                f"file, or the archive it came from") from None
 
 
+def load_image(path: str) -> Image.Image:
+    """ImageFolder's loader, the file decoded at once: an RGB image, or a ``DataCorruptError`` naming the file
+    (PIL's own errors for a truncated file do not)."""
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataCorruptError(f"{path} is not a readable image ({type(error).__name__}: {error}); replace or "
+                               f"remove the file") from None
+
+
 def _iter_image_folder(source: Path):
     """Yield ``(split, class, file name, bytes)`` for every image of an ImageFolder tree or a tar(.gz) of one."""
     if source.is_dir():
@@ -164,11 +177,11 @@ class ImageNetDataModule(ImageDataModule):
                                        transforms.PILToTensor()])
         eval_tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
                                       transforms.PILToTensor()])
-        train_full = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+        train_full = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=load_image)
         if len(train_full.classes) != self.num_classes:
             raise ValueError(f"{root / 'train'} has {len(train_full.classes)} classes, config says {self.num_classes}")
-        eval_train = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
+        eval_train = datasets.ImageFolder(str(root / "train"), transform=eval_tf, loader=load_image)
         order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         n_val = int(round(len(order) * self.val_fraction))
         return (torch.utils.data.Subset(train_full, order[n_val:]), torch.utils.data.Subset(eval_train, order[:n_val]),
-                datasets.ImageFolder(str(root / "val"), transform=eval_tf))
+                datasets.ImageFolder(str(root / "val"), transform=eval_tf, loader=load_image))

@@ -90,6 +90,19 @@ def test_a_broken_jpeg_is_named_before_any_training(tmp_path):
     assert not list((tmp_path / "cache").glob("*"))  # and no half-decoded cache is left to be trusted later
 
 
+def test_a_broken_imagenet_file_is_named_when_the_loader_reaches_it(tmp_path):
+    from infoprune.datamodules import ImageNetDataModule
+
+    data_writers.write_image_folder(tmp_path / "imagenet", {"train": 4, "val": 2}, classes=3, size=72)
+    broken = sorted((tmp_path / "imagenet" / "val").rglob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:60])
+    dm = ImageNetDataModule(data_dir=tmp_path, num_classes=3, image_size=64, num_workers=0, batch_size=2)
+    dm.setup()  # decoded lazily: the files are opened as the loader reaches them
+    with pytest.raises(DataCorruptError, match=f"{broken} is not a readable image"):
+        for _ in dm.test_dataloader():
+            pass
+
+
 def test_a_truncated_mnist_file_is_named_before_any_work(tmp_path):
     data_writers.write_mnist(tmp_path)
     images = tmp_path / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte"
