@@ -1,5 +1,5 @@
 """Shared fixtures: configs composed with Hydra's compose API writing to isolated folders, one trained digits baseline
-per worker, and the one DDP process pair of the run (tests/ddp_session.py)."""
+per worker, and the one DDP process pair of the run (tests/ddp_pair.py)."""
 from __future__ import annotations
 
 import os
@@ -66,44 +66,44 @@ def digits_baseline(tmp_path_factory) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
-def ddp_session_dir(config: pytest.Config) -> Path:
-    """Where ``tests/ddp_session.py`` writes in this pytest run: one folder every xdist worker sees."""
+def ddp_pair_dir(config: pytest.Config) -> Path:
+    """Where ``tests/ddp_pair.py`` writes in this pytest run: one folder every xdist worker sees."""
     base = config._tmp_path_factory.getbasetemp()  # the run's folder, or this worker's folder inside it
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ddp_session"
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ddp_pair"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start ``tests/ddp_session.py`` in the background as soon as a selected test needs its outputs (the first
+    """Start ``tests/ddp_pair.py`` in the background as soon as a selected test needs its outputs (the first
     worker to get the lock starts it, once per run), so that it runs beside the other tests; the tests that read
     it go last, by when it has finished."""
-    readers = [item for item in items if "ddp_session" in item.fixturenames]
+    readers = [item for item in items if "ddp_pair" in item.fixturenames]
     if not readers:
         return
     items[:] = [item for item in items if item not in readers] + readers
     from filelock import FileLock
 
-    out = ddp_session_dir(config)
+    out = ddp_pair_dir(config)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{out}.lock"):
         if not out.exists():
             out.mkdir()
-            log = open(out / "session.log", "w")  # noqa: SIM115 - the child writes to it until it ends
-            subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_session.py"), str(out)], cwd=out,
+            log = open(out / "pair.log", "w")  # noqa: SIM115 - the child writes to it until it ends
+            subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_pair.py"), str(out)], cwd=out,
                              stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="session")
-def ddp_session(request) -> Path:
-    """The outputs of every scenario of ``tests/ddp_session.py`` (``<dir>/<scenario>/``, from the baseline at
+def ddp_pair(request) -> Path:
+    """The outputs of every scenario of ``tests/ddp_pair.py`` (``<dir>/<scenario>/``, from the baseline at
     ``<dir>/baseline/checkpoints/last.ckpt``), run once per pytest run in one pair of gloo processes."""
     import time
 
-    out = ddp_session_dir(request.config)
+    out = ddp_pair_dir(request.config)
     deadline = time.monotonic() + 600
     while not (out / "exit_code").exists():
-        assert time.monotonic() < deadline, f"tests/ddp_session.py did not finish in 600 s: {out / 'session.log'}"
+        assert time.monotonic() < deadline, f"tests/ddp_pair.py did not finish in 600 s: {out / 'pair.log'}"
         time.sleep(0.2)
-    assert (out / "exit_code").read_text() == "0", (out / "session.log").read_text()[-3000:]
+    assert (out / "exit_code").read_text() == "0", (out / "pair.log").read_text()[-3000:]
     return out
 
 

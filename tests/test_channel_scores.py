@@ -222,13 +222,13 @@ def test_two_processes_give_the_same_histograms_and_scores_as_one(tmp_path):
         torch.testing.assert_close(ddp["scores"][name], single_scores[name], rtol=0, atol=1e-12)
 
 
-def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path, ddp_session):
+def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path, ddp_pair):
     from infoprune.training import train
     from tests.conftest import compose_config
-    from tests.ddp_session import SCORES_RUN
+    from tests.ddp_pair import SCORES_RUN
     train(compose_config("train", ["trainer=cpu", *SCORES_RUN], tmp_path / "single"))  # one process
     single = load_channel_scores(tmp_path / "single" / "channel_scores.pt")
-    ddp = load_channel_scores(ddp_session / "channel_scores" / "channel_scores.pt")
+    ddp = load_channel_scores(ddp_pair / "channel_scores" / "channel_scores.pt")
     assert single["num_images"] == ddp["num_images"] == 999
     for name, layer in single["layers"].items():
         assert torch.equal(layer["counts"], ddp["layers"][name]["counts"])

@@ -232,16 +232,16 @@ def test_a_schedule_without_steps_fails_at_construction():
 
 
 def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_slimming(tmp_path, monkeypatch,
-                                                                                      ddp_session):
+                                                                                      ddp_pair):
     import runpy
 
-    from tests.ddp_session import EXAMPLE, example_args
+    from tests.ddp_pair import EXAMPLE, example_args
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *example_args(tmp_path / "report.json", 1)])
     for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # set by the example's seed_everything(0): restored after
         monkeypatch.setenv(seeded, "0")
     runpy.run_path(str(EXAMPLE), run_name="__main__")  # one process, in this one
     single = json.loads((tmp_path / "report.json").read_text())
-    ddp = json.loads((ddp_session / "worked_example" / "report.json").read_text())
+    ddp = json.loads((ddp_pair / "worked_example" / "report.json").read_text())
     assert ddp["structure"] == single["structure"] and ddp["structure"]["conv1"] < 64
     for name, scores in single["scores"].items():
         torch.testing.assert_close(torch.tensor(ddp["scores"][name]), torch.tensor(scores), rtol=0, atol=1e-12)
@@ -253,7 +253,7 @@ def test_the_worked_example_under_ddp_equals_one_process_and_trains_on_after_sli
 def test_the_worked_example_from_the_command_line_under_ddp_equals_one_process(tmp_path, monkeypatch):
     import runpy
 
-    from tests.ddp_session import EXAMPLE, example_args
+    from tests.ddp_pair import EXAMPLE, example_args
     result = subprocess.run([sys.executable, str(EXAMPLE), *example_args(tmp_path / "report2.json", 2)],
                             capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, timeout=600,
                             cwd=tmp_path)

@@ -242,9 +242,9 @@ def _digits_scores(rank: int, world_size: int) -> dict[str, dict[str, torch.Tens
             for name, build in DDP_CRITERIA.items()}
 
 
-def test_two_processes_give_the_same_scores_as_one(ddp_session):
+def test_two_processes_give_the_same_scores_as_one(ddp_pair):
     single = _digits_scores(0, 1)
-    ddp = torch.load(ddp_session / "field_criteria" / "scores.pt", weights_only=False)  # _digits_scores of rank 0
+    ddp = torch.load(ddp_pair / "field_criteria" / "scores.pt", weights_only=False)  # _digits_scores of rank 0
     for name, scores in single.items():
         for layer, values in scores.items():
             # gradients are float32 sums in another order; rank and zero counts are exact

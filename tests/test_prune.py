@@ -41,7 +41,7 @@ QUICK = FAST + ["trainer.accelerator=cpu", "finetune.max_epochs=1", "pruning.sta
 
 @pytest.fixture
 def baseline(digits_baseline) -> Path:
-    """A digits SimpleNet trained for 3 epochs, shared by the tests of the session."""
+    """A digits SimpleNet trained for 3 epochs, shared by every test of the run."""
     return digits_baseline
 
 
@@ -281,12 +281,12 @@ def prune_py(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
                           timeout=timeout, cwd=cwd)
 
 
-def test_ddp_widths_equal_the_single_process_widths(tmp_path, ddp_session):
-    from tests.ddp_session import PRUNE_RUN
-    baseline = ddp_session / "baseline" / "checkpoints" / "last.ckpt"
+def test_ddp_widths_equal_the_single_process_widths(tmp_path, ddp_pair):
+    from tests.ddp_pair import PRUNE_RUN
+    baseline = ddp_pair / "baseline" / "checkpoints" / "last.ckpt"
     prune(compose_config("prune", [f"ckpt_path={baseline}", *PRUNE_RUN], tmp_path / "cpu"))  # one process
     single = json.loads((tmp_path / "cpu" / "results.json").read_text())
-    ddp = json.loads((ddp_session / "prune_widths" / "results.json").read_text())
+    ddp = json.loads((ddp_pair / "prune_widths" / "results.json").read_text())
     assert single["channels_after"] == ddp["channels_after"] != single["channels_before"]
 
 

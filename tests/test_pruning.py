@@ -168,7 +168,7 @@ def test_overrides_and_exclusions():
 
 @pytest.fixture
 def trained_digits(digits_baseline) -> Path:
-    """``last.ckpt`` of a digits SimpleNet trained for 3 epochs (shared by the session, only read)."""
+    """``last.ckpt`` of a digits SimpleNet trained for 3 epochs (shared by every test of the run, only read)."""
     return digits_baseline
 
 
@@ -270,11 +270,11 @@ def test_batchnorm_recalibration_matches_the_statistics_of_the_data():
     assert not net.training and bn.momentum == 0.1  # modes and momentum restored
 
 
-def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(ddp_session):
+def test_masked_fine_tune_under_ddp_keeps_masks_and_slimmed_checkpoint_tests_by_path(ddp_pair):
     import pytorch_lightning as pl
 
     from infoprune.datamodules import DigitsDataModule
-    run = ddp_session / "masked_fine_tune"
+    run = ddp_pair / "masked_fine_tune"
     masked = json.loads((run / "masked.json").read_text())
     assert masked["masks_zero"]  # every masked channel of rank 0's network is still zero after the DDP fit
     dm = DigitsDataModule()

@@ -1,11 +1,11 @@
 """Every DDP check of the default suite in one pair of processes.
 
-``python tests/ddp_session.py OUT`` trains the digits baseline into ``OUT/baseline``, then starts itself as a pair
+``python tests/ddp_pair.py OUT`` trains the digits baseline into ``OUT/baseline``, then starts itself as a pair
 of processes (``torch.distributed.run --standalone --nproc-per-node 2``) that runs each scenario below, one after
 the other, the way a cluster launcher (torchrun, SLURM) starts a job: the processes exist before the first
 Trainer, so every Trainer joins the same gloo process group instead of launching its own. Rank 0 writes what each
 scenario produced under ``OUT/<scenario>``; ``OUT/exit_code`` is written last, whatever happened. The tests run
-the one-process counterpart and compare (``ddp_session`` fixture in ``tests/conftest.py``, which starts this in
+the one-process counterpart and compare (``ddp_pair`` fixture in ``tests/conftest.py``, which starts this in
 the background as soon as a selected test needs it). Spawning the pair once instead of once per test is what
 keeps the DDP checks cheap; Lightning's own launcher from the command line keeps an end-to-end test of its own
 (``tests/test_train.py``)."""
