@@ -30,27 +30,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("INFOPRUNE_CACHE") or Path.home() / ".cache" / "infoprune")
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
-    """The RGB pixels of an encoded image, or a ``DataCorruptError`` naming ``where`` it came from."""
+def decode_rgb(source: str | io.BytesIO, where: str) -> Image.Image:
+    """The RGB image in ``source`` (a file path or the bytes of one), decoded at once, or a ``DataCorruptError``
+    naming ``where`` it came from (PIL's own errors for a truncated file do not name it)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with Image.open(source) as image:
+            image.load()
+            return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for truncated and unknown data
         raise DataCorruptError(f"{where} is not a readable image ({type(error).__name__}: {error}); replace the "
-                               f"file, or the archive it came from") from None
+                               f"file") from None
 
 
 def load_image(path: str) -> Image.Image:
-    """ImageFolder's loader, the file decoded at once: an RGB image, or a ``DataCorruptError`` naming the file
-    (PIL's own errors for a truncated file do not)."""
-    try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
-            image.load()
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataCorruptError(f"{path} is not a readable image ({type(error).__name__}: {error}); replace or "
-                               f"remove the file") from None
+    """ImageFolder's loader: :func:`decode_rgb` of the file at ``path``."""
+    return decode_rgb(path, path)
 
 
 def _iter_image_folder(source: Path):
@@ -73,7 +67,8 @@ def decode_image_folder(source: Path, splits=("train", "test")) -> dict[str, tup
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {s: [] for s in splits}
     for split, cls, name, data in tqdm(_iter_image_folder(source), desc=f"decoding {source.name}", unit="img"):
         if split in found:
-            found[split].append((cls, name, _decode(data, f"{source}/{split}/{cls}/{name}")))
+            pixels = np.asarray(decode_rgb(io.BytesIO(data), f"{source}/{split}/{cls}/{name}"), dtype=np.uint8)
+            found[split].append((cls, name, pixels))
     classes = sorted({cls for items in found.values() for cls, _, _ in items})
     out = {}
     for split, items in found.items():

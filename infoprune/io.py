@@ -22,13 +22,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> P
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         tmp.replace(path)
-    except OSError as error:
+    except BaseException as error:  # a kill at this point leaves at most a hidden temporary file
         tmp.unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
         reason = "no space left on the device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise OSError(error.errno, f"could not write {path}: {reason}; any earlier file there is kept") from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
