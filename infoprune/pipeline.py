@@ -25,6 +25,7 @@ from rich.table import Table
 from infoprune.builders import build_model, check_checkpoint_fits, read_checkpoint
 from infoprune.callbacks.cep import ConnectionScoring, apply_connection_masks, make_permanent
 from infoprune.callbacks.channel_scores import ChannelScoring
+from infoprune.callbacks.distillation import KnowledgeDistillation, frozen_copy
 from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 #: settings added after runs were recorded, each with the value that does what those runs did: at that value a
 #: setting is left out of :func:`resume_key`, so that their records still match the settings that reproduce them
-SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False}
+SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False,
+                  ("finetune", "distill"): {"alpha": 0.0, "temperature": 4.0}}
 
 #: datamodule settings that say where the data lives (and whether to fetch it), not what it is: left out of every
 #: key, so that a run, a record or a cached baseline is recognised on a machine that keeps the data elsewhere
@@ -128,6 +130,7 @@ class PruningRun:
         self.carried_s = 0.0  # seconds an interrupted earlier process spent on work this run keeps (resumed)
         self.phases: dict[str, float] = {}  # wall seconds per phase, in the order they ran
         self.baseline_curve: list[float] | None = None
+        self.teacher: torch.nn.Module | None = None  # the unpruned network, distilled from while fine-tuning
         self.out = Path(cfg.paths.output_dir)
         self.datamodule, self.checkpoint = checked.datamodule, checked.checkpoint
         self.loggers = instantiate_group(cfg.get("logger"))
@@ -201,6 +204,10 @@ class PruningRun:
         :meth:`trainer`), then load its best checkpoint's weights. A resumed fit's phase time also counts the
         training time its checkpoint carries (Lightning's ``Timer`` state: the epochs an interrupted process
         finished)."""
+        if phase != "baseline" and self.teacher is not None:
+            distill = self.cfg.finetune.distill
+            trainer_args["callbacks"] = [*trainer_args.get("callbacks", []), KnowledgeDistillation(
+                float(distill.alpha), float(distill.temperature), teacher=self.teacher)]
         with self.timed(phase):
             trainer = self.trainer(phase, max_epochs=epochs, fit=True, **trainer_args)
             timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -218,6 +225,18 @@ class PruningRun:
 
     # -- phases ------------------------------------------------------------------------------------------------
     def baseline(self) -> ImageClassifier:
+        """The trained network (:meth:`trained_baseline`); with ``finetune.distill.alpha`` > 0 a frozen copy of it is
+        kept as the teacher of every fine-tune."""
+        model = self.trained_baseline()
+        if self.distills():
+            self.teacher = frozen_copy(model.net)
+        return model
+
+    def distills(self) -> bool:
+        distill = self.cfg.finetune.get("distill")
+        return distill is not None and float(distill.alpha) > 0
+
+    def trained_baseline(self) -> ImageClassifier:
         """The trained network: from ``ckpt_path``; else from the baseline cache (``baseline_cache``: one baseline
         per model, data, training length and seed, shared by every job of a sweep); else trained here for
         ``trainer.max_epochs`` epochs and put in the cache; without a cache, kept as the run's own entry
@@ -342,6 +361,8 @@ class PruningRun:
                 raise ValueError(f"{self.out} holds an interrupted run with other settings; rerun with those "
                                  f"settings to resume it, or choose another output directory")
             log.info("resuming the fine-tune from %s", last)
+            if self.distills():
+                self.baseline()  # its teacher
             self.phases.update(state.get("phases", {}))
             self.carried_s += sum(self.phases.values())
             model = ImageClassifier.load_from_checkpoint(self.out / "pruned.ckpt", weights_only=True)

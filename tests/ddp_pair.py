@@ -103,10 +103,57 @@ def masked_fine_tune(out: Path, rank: int, world_size: int, baseline: str) -> No
         torch.save(logits, out / "slim_test_logits.pt")
 
 
+def distilled_fine_tune(out: Path, rank: int, world_size: int, baseline: str) -> None:
+    """Two DDP training steps of the baseline slimmed to half of every layer's channels (input-L1), distilled from the
+    unpruned baseline (alpha 0.5, T 2) at learning rate 0; every rank records the loss each step returned and the
+    loss recomputed by hand on its own batch (float64 soft term), gathered on rank 0."""
+    import pytorch_lightning as pl
+
+    from infoprune.callbacks.distillation import KnowledgeDistillation, frozen_copy
+    from infoprune.callbacks.masking import slim_classifier
+    from infoprune.datamodules import DigitsDataModule
+    from infoprune.models.classifier import ImageClassifier
+    from infoprune.pruning.layers import find_prunable_layers
+    from infoprune.pruning.metrics import InputL1
+    from infoprune.pruning.selection import select_layerwise
+    from tests.test_distillation import kd_by_hand
+
+    class Record(pl.Callback):
+        def __init__(self) -> None:
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.steps.append((batch[0].clone(), batch[1].clone(), float(outputs["loss"])))
+
+    module = ImageClassifier.load_from_checkpoint(baseline, weights_only=False)
+    teacher = frozen_copy(module.net)
+    layers = find_prunable_layers(module.net, module.example_input_array)
+    slim_classifier(module, select_layerwise({layer.name: InputL1()(layer) for layer in layers}, layers, 0.5))
+    module.hparams.optimizer["lr"] = 0.0
+    record = Record()
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, accelerator="cpu",
+                         devices=world_size, strategy="ddp", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[KnowledgeDistillation(0.5, 2.0, teacher=teacher), record])
+    trainer.fit(module, datamodule=DigitsDataModule())
+    mine = {"steps": len(record.steps), "returned": [], "by_hand": [], "soft": []}
+    with torch.no_grad():
+        for x, y, loss in record.steps:
+            logits, target = module.train()(x), teacher(x)
+            soft = kd_by_hand(logits.double().numpy(), target.double().numpy(), 2.0)
+            hard = torch.nn.functional.cross_entropy(logits.double(), y).item()
+            mine["returned"].append(loss)
+            mine["by_hand"].append(0.5 * hard + 0.5 * soft)
+            mine["soft"].append(soft)
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, mine)
+    if rank == 0:
+        (out / "losses.json").write_text(json.dumps({"world_size": world_size, "ranks": gathered}))
+
+
 #: scenario name -> (function, whether it takes the baseline checkpoint)
 SCENARIOS = {"field_criteria": (field_criteria_scores, False), "channel_scores": (channel_scores, False),
              "prune_widths": (prune_widths, True), "worked_example": (worked_example, False),
-             "masked_fine_tune": (masked_fine_tune, True)}
+             "masked_fine_tune": (masked_fine_tune, True), "distilled_fine_tune": (distilled_fine_tune, True)}
 
 
 def run_scenarios(out: Path, baseline: str) -> None:
