@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
+import json
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from lightning_fabric.loggers.logger import rank_zero_experiment
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
@@ -44,6 +48,40 @@ def wandb_logger(offline: bool | None = None, group: str | None = None, **kwargs
     return WandbLogger(offline=offline, **kwargs)
 
 
+def sqlite_path(tracking_uri: str | None) -> Path | None:
+    """The database file of an ``sqlite:///<path>`` tracking URI, else None."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]) if tracking_uri and tracking_uri.startswith(prefix) else None
+
+
+def mlflow_logger(tracking_uri: str | None = None, experiment_name: str = "infoprune",
+                  tags: list[str] | dict | None = None, **kwargs) -> MLFlowLogger:
+    """An ``MLFlowLogger`` whose run exists when it is returned. For a local SQLite store (``sqlite:///<path>``, no
+    server) the folder is created and the store is opened under an exclusive lock on ``<path>.lock``: MLflow
+    creates a new database's tables on first use, and parallel jobs of a sweep creating them at once corrupt its
+    schema. ``tags``: MLflow tags, or a list of names (each becomes the tag ``<name>=true``, so that
+    ``tags.<name> = 'true'`` finds the runs); jobs of one Hydra multirun share the tag ``sweep`` (the sweep
+    directory's name)."""
+    database = sqlite_path(tracking_uri)
+    tags = dict(tags) if isinstance(tags, Mapping) else {str(name): "true" for name in tags or []}
+    if sweep_group():
+        tags["sweep"] = sweep_group()
+    def opened() -> MLFlowLogger:
+        logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, tags=tags or None, **kwargs)
+        _ = logger.run_id  # opens the store (a new database gets its tables), creates the experiment and the run
+        return logger
+
+    if database is None:
+        return opened()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return opened()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class AppendingExperimentWriter(ExperimentWriter):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (its columns kept, new rows
     appended) instead of deleted, so a resumed run keeps the rows logged before its interruption."""
@@ -77,11 +115,14 @@ def log_score_histograms(logger, step: str, scores: dict[str, torch.Tensor]) -> 
     elif isinstance(logger, TensorBoardLogger):
         for name, values in scores.items():
             logger.experiment.add_histogram(f"scores/{step}/{name}", values.double().numpy(), global_step=0)
+    elif isinstance(logger, MLFlowLogger):
+        logger.experiment.log_dict(logger.run_id, {name: values.tolist() for name, values in scores.items()},
+                                   f"scores/{step}.json")
 
 
 def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> None:
-    """Per-layer channels kept (``pruning/channels``): a W&B table, a markdown table in TensorBoard's text tab
-    (other loggers get the numbers through the summary metrics)."""
+    """Per-layer channels kept (``pruning/channels``): a W&B table, a markdown table in TensorBoard's text tab, a
+    CSV artifact ``pruning/channels.csv`` in MLflow (other loggers get the numbers through the summary metrics)."""
     rows = [[name, before[name], after[name], after[name] / before[name]] for name in before]
     if hasattr(logger, "log_table"):
         logger.log_table(key="pruning/channels", columns=["layer", "before", "after", "kept"], data=rows)
@@ -89,3 +130,14 @@ def log_channel_table(logger, before: dict[str, int], after: dict[str, int]) -> 
         lines = ["| layer | before | after | kept |", "|---|---|---|---|"]
         lines += [f"| {name} | {b} | {a} | {kept:.1%} |" for name, b, a, kept in rows]
         logger.experiment.add_text("pruning/channels", "\n".join(lines), global_step=0)
+    elif isinstance(logger, MLFlowLogger):
+        table = io.StringIO()
+        csv.writer(table, lineterminator="\n").writerows([["layer", "before", "after", "kept"], *rows])
+        logger.experiment.log_text(logger.run_id, table.getvalue(), "pruning/channels.csv")
+
+
+def log_results_record(logger, results: dict) -> None:
+    """The whole results record (``results.json``) as an MLflow artifact; W&B and TensorBoard get its numbers as
+    ``summary/*`` metrics."""
+    if isinstance(logger, MLFlowLogger):
+        logger.experiment.log_text(logger.run_id, json.dumps(results, indent=2), "results.json")

@@ -31,7 +31,7 @@ from infoprune.callbacks.pruning import ChannelPruning
 from infoprune.config import flatten, instantiate_group, print_config_tree, resolved
 from infoprune.console import announce_phase, quiet_terminal
 from infoprune.io import atomic_save, atomic_write_text
-from infoprune.loggers import log_channel_table, log_score_histograms
+from infoprune.loggers import log_channel_table, log_results_record, log_score_histograms
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, density_schedule, prunable_weights
@@ -521,6 +521,7 @@ class PruningRun:
             for logger in self.loggers:
                 logger.log_metrics(scalars)
                 log_channel_table(logger, state["channels_before"], state["channels_after"])
+                log_results_record(logger, results)
                 logger.save()
             print_results(results)
         return results

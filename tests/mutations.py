@@ -87,7 +87,8 @@ MUTATIONS = [
              ("tests/test_datamodules.py::"
               "test_augmented_calibration_batches_are_seeded_and_leave_the_global_random_state_alone",)),
     Mutation("records made before a setting existed", P,
-             'SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False}', "SETTINGS_ADDED = {}",
+             'SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False,\n                  ("finetune", "distill"): {"alpha": 0.0, "temperature": 4.0}}',
+             "SETTINGS_ADDED = {}",
              (f"{T}::test_a_setting_added_later_keeps_the_records_made_before_it_at_the_value_that_reproduces_them",)),
     Mutation("records recognised with the data elsewhere", P,
              "return {name: value for name, value in datamodule.items() if name not in DATA_LOCATION}",
@@ -191,6 +192,12 @@ MUTATIONS = [
              "model = build_model(self.cfg, self.datamodule, self.checkpoint)",
              "model = build_model(self.cfg, self.datamodule)",
              (f"{T}::test_the_checkpoint_a_job_starts_from_is_read_once",)),
+    Mutation("distillation's temperature scale", "callbacks/distillation.py",
+             'reduction="batchmean", log_target=True) * temperature ** 2', 'reduction="batchmean", log_target=True)',
+             ("tests/test_distillation.py::test_soft_target_term_matches_a_float64_reference",)),
+    Mutation("a new MLflow store opened under a lock", "infoprune/loggers.py",
+             "        fcntl.flock(lock, fcntl.LOCK_EX)\n", "        pass\n",
+             ("tests/test_loggers.py::test_parallel_jobs_opening_a_new_mlflow_store_all_get_their_run",)),
 ]
 
 

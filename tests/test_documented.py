@@ -92,8 +92,8 @@ def test_documented_config_groups_compose(overrides, tmp_path, monkeypatch):
         group, option = overrides[0].split("=")
         if group == "logger":
             loggers = instantiate_group(cfg.logger)
-            assert sorted(type(logger).__name__ for logger in loggers) == ["ResumableCSVLogger", "TensorBoardLogger",
-                                                                           "WandbLogger"]
+            assert sorted(type(logger).__name__ for logger in loggers) == ["MLFlowLogger", "ResumableCSVLogger",
+                                                                           "TensorBoardLogger", "WandbLogger"]
         elif group == "debug":
             assert cfg.task_name == "debug" and cfg.trainer.accelerator == "cpu" and cfg.trainer.detect_anomaly
             expected = {"default": ("max_epochs", 1), "fdr": ("fast_dev_run", True),

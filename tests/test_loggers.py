@@ -1,5 +1,9 @@
-"""The CSV logger keeps what an interrupted run logged when the run resumes in the same directory."""
+"""The loggers: the CSV logger keeps what an interrupted run logged when the run resumes in the same directory;
+TensorBoard and MLflow get what W&B gets, read back with their own readers."""
 import csv
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -43,3 +47,45 @@ def test_tensorboard_gets_the_summary_the_score_histograms_and_the_channels_tabl
     table = events.Tensors("pruning/channels/text_summary")[0].tensor_proto.string_val[0].decode()
     after = results["channels_after"]["features.0.conv"]
     assert f"| features.0.conv | {results['channels_before']['features.0.conv']} | {after} |" in table
+
+
+def test_mlflow_store_gets_the_curves_the_summary_the_channels_table_scores_and_record(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from infoprune.pipeline import prune
+    from tests.conftest import compose_config
+    from tests.test_prune import QUICK
+
+    overrides = [o for o in QUICK if o != "logger=none"] + ["logger=mlflow", "trainer.max_epochs=1",
+                                                             "pruning/metric=mi", "pruning.target=0.5"]
+    results = prune(compose_config("prune", overrides, tmp_path / "run"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'logs' / 'mlflow.db'}")  # MLflow's reader
+    (run,) = client.search_runs([client.get_experiment_by_name("prune").experiment_id])
+    assert run.data.metrics["summary/acc_finetuned"] == pytest.approx(results["acc_finetuned"], abs=1e-6)
+    assert run.data.params["pruning.target"] == "0.5" and run.data.tags["dev"] == "true"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2  # baseline's and fine-tune's epochs
+    channels = (tmp_path / "channels").mkdir() or client.download_artifacts(run.info.run_id, "pruning/channels.csv",
+                                                                            str(tmp_path / "channels"))
+    with open(channels, newline="") as file:
+        rows = {row["layer"]: row for row in csv.DictReader(file)}
+    assert int(rows["features.0.conv"]["after"]) == results["channels_after"]["features.0.conv"]
+    scores = json.loads(open(client.download_artifacts(run.info.run_id, "scores/step_0.json", str(tmp_path))).read())
+    assert len(scores["features.0.conv"]) == results["channels_before"]["features.0.conv"]
+    record = json.loads(open(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path))).read())
+    assert record == results
+
+
+def test_parallel_jobs_opening_a_new_mlflow_store_all_get_their_run(tmp_path):
+    database = tmp_path / "store" / "mlflow.db"
+    script = ("import sys; from infoprune.loggers import mlflow_logger; "
+              f"logger = mlflow_logger('sqlite:///{database}', 'x', tags=['t']); "
+              "logger.log_metrics({'m': float(sys.argv[1])}, step=0); logger.finalize('success')")
+    jobs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+    errors = [job.communicate()[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], errors
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert sorted(run.data.metrics["m"] for run in runs) == [0.0, 1.0]
