@@ -193,10 +193,11 @@ class PruningRun:
         finally:
             self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
 
-    def test(self, model: ImageClassifier, phase: str) -> dict[str, float]:
+    def evaluate(self, model: ImageClassifier, phase: str, stage: str = "test") -> dict[str, float]:
+        """``model``'s metrics on the test set (``stage="test"``) or the validation set (``"validate"``)."""
         with self.timed(phase):
-            metrics = self.trainer(phase).test(model, datamodule=self.datamodule, verbose=False)[0]
-        return {k.removeprefix("test/"): float(v) for k, v in metrics.items()}
+            metrics = getattr(self.trainer(phase), stage)(model, datamodule=self.datamodule, verbose=False)[0]
+        return {k.split("/", 1)[1]: float(v) for k, v in metrics.items()}
 
     def fit(self, model: ImageClassifier, phase: str, epochs: int, ckpt_path: str | None = None,
             **trainer_args: Any) -> None:
@@ -378,7 +379,7 @@ class PruningRun:
         starts from)."""
         state: dict[str, Any] = {"settings": resume_key(self.cfg)}
         model = self.baseline()
-        state["baseline"] = self.test(model, "baseline_test")
+        state["baseline"] = self.evaluate(model, "baseline_test")
         state["baseline_curve"] = self.baseline_curve
         example = model.example_input_array.to(model.device)
         layers = find_prunable_layers(model.net, example)
@@ -399,7 +400,7 @@ class PruningRun:
         after = {layer.name: layer.num_channels for layer in find_prunable_layers(model.net, example)}
         summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
                                  dense["flops"], count_flops(model.net, example))
-        state["pruned"] = self.test(model, "pruned_test")
+        state["pruned"] = self.evaluate(model, "pruned_test")
         state["summary"] = summary.metrics(prefix="")
         state["channels_before"], state["channels_after"] = channels_before, after
         state["groups"] = {layer.name: layer.member_names for layer in layers if len(layer.members) > 1}
@@ -415,7 +416,7 @@ class PruningRun:
             return state["pruned"]
         self.finetune_settings(model, epochs)
         self.fit(model, "finetune", epochs, ckpt_path=resume)
-        return self.test(model, "finetuned_test")
+        return self.evaluate(model, "finetuned_test")
 
     def connection_errors(self, model: ImageClassifier, layers: dict, step_dir: str) -> dict[str, torch.Tensor]:
         stats = self.cfg.pruning.stats
@@ -427,7 +428,7 @@ class PruningRun:
         """Connection pruning (CEP, HCEP, magnitude, LAMP, SNIP): per step, errors -> masks to the step's density ->
         retrain; then the final retraining with masks, masks made permanent, the sparse file written and measured."""
         model = self.baseline()
-        state: dict[str, Any] = {"baseline": self.test(model, "baseline_test"), "baseline_curve": self.baseline_curve}
+        state: dict[str, Any] = {"baseline": self.evaluate(model, "baseline_test"), "baseline_curve": self.baseline_curve}
         layers = prunable_weights(model.net, self.cfg.pruning.get("exclude_layers") or [])
         schedule = self.cfg.pruning.schedule
         if schedule.name == "layer_by_layer":
@@ -443,7 +444,7 @@ class PruningRun:
             if i < steps - 1 and schedule.get("finetune_epochs", 0):
                 self.finetune_settings(model, schedule.finetune_epochs)
                 self.fit(model, f"step_{i}_finetune", schedule.finetune_epochs)
-        state["pruned"] = self.test(model, "pruned_test")
+        state["pruned"] = self.evaluate(model, "pruned_test")
         state["finetuned"] = self.final_finetune(model, state)
         make_permanent(layers)
         state["summary"] = self.storage_summary(model, layers, masks)
@@ -504,7 +505,8 @@ class PruningRun:
             "seed": self.cfg.get("seed"), "datamodule": self.datamodule.name,
             "network": self.cfg.model.net._target_,
             "acc_baseline": state["baseline"]["acc"], "acc_pruned": state["pruned"]["acc"],
-            "acc_finetuned": state["finetuned"]["acc"], **summary,
+            "acc_finetuned": state["finetuned"]["acc"],
+            "val_acc_finetuned": self.evaluate(model, "finetuned_val", "validate")["acc"], **summary,
             "channels_before": state["channels_before"], "channels_after": state["channels_after"],
             "groups": state.get("groups", {}), "step_finetune_epochs": self.step_finetune_epochs(),
             "finetune_epochs": int(self.cfg.finetune.max_epochs), "wall_s": self.wall_s(),

@@ -26,6 +26,7 @@ from infoprune.pruning.schedule import SCHEDULES
 from infoprune.pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
 from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.stats import BINNINGS
+from infoprune.search import CONSTRAINTS, OBJECTIVES
 
 SCOPES = ("layerwise", "global", "sensitivity")
 RESOURCES = ("params", "flops")
@@ -89,6 +90,17 @@ def check_names(names: Iterable[str], valid: list[str], key: str) -> None:
     unknown = sorted(set(names) - set(valid))
     if unknown:
         raise ConfigError(key, f"names unknown layer(s) {unknown}; the prunable layers are {valid}")
+
+
+def check_search(cfg: DictConfig) -> None:
+    """``search.objective`` names a figure a search may maximise; every ``search.constraints`` entry bounds a
+    figure that can be bounded by a positive number (infoprune/search.py)."""
+    check_choice(cfg, "search.objective", OBJECTIVES)
+    for key, bound in (setting(cfg, "search.constraints", {}) or {}).items():
+        if key not in CONSTRAINTS:
+            raise ConfigError("search.constraints", f"cannot bound {key!r}; choose among {CONSTRAINTS}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (math.isfinite(bound) and bound > 0):
+            raise ConfigError(f"search.constraints.{key}", f"must be a positive number, got {bound!r}")
 
 
 def check_targets(group: DictConfig | None, key: str) -> None:
@@ -300,6 +312,7 @@ def validate_training(cfg: DictConfig) -> CheckedRun:
 def validate_pruning(cfg: DictConfig) -> CheckedRun:
     """Everything ``prune.py`` reads, in the order a user would fix it."""
     target = check_fraction(setting(cfg, "pruning.target"), "pruning.target")
+    check_search(cfg)
     metric = build_metric(cfg, target)
     connection = isinstance(metric, ConnectionCriterion)
     check_schedule(cfg, connection)

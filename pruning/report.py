@@ -34,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from infoprune.io import atomic_write_text, save_figure  # noqa: E402
+from infoprune.search import search_section  # noqa: E402
 
 GROUP = ("metric", "scope", "schedule", "target")
 COLUMNS = ("acc_baseline", "acc_pruned", "acc_finetuned", "params_remaining", "flops_remaining")
@@ -49,7 +50,7 @@ PHASE_GROUPS = ("waiting for a shared baseline", "baseline", "statistics", "sele
 
 def phase_group(phase: str) -> str:
     """The time-table column of a phase name recorded by the pipeline (``step_0/statistics``, ``finetune``...)."""
-    if phase.endswith("_test"):
+    if phase.endswith(("_test", "_val")):  # the test passes and the final network's validation pass
         return "tests"
     if phase.endswith("/statistics"):
         return "statistics"
@@ -640,6 +641,9 @@ def write_report(*sweep_dirs: str | Path, out: str | Path | None = None, by: tup
     if tests:
         pairwise_figure = pairwise_plot(tests, prefix.with_name(f"{prefix.name}_pairwise.png"))
         text += pairwise_summary(tests) + f"\n![paired differences between every two metrics]({pairwise_figure.name})\n"
+    for i, sweep_dir in enumerate(sweep_dirs):
+        section = search_section(sweep_dir, prefix.with_name(f"{prefix.name}_search{i or ''}.png"))
+        text += f"\n{section}" if section else ""
     baselines = baseline_rows(runs)
     if baselines:
         curves = curve_plot(baselines, prefix.with_name(f"{prefix.name}_baselines.png"))
