@@ -19,9 +19,18 @@ from torch.utils.data import DataLoader
 
 from infoprune.callbacks.cep import apply_connection_masks, make_permanent
 from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
+from infoprune.callbacks.distillation import frozen_copy
 from infoprune.io import atomic_save
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.latency import (
+    LatencyCost,
+    LatencySettings,
+    LatencyTable,
+    batch_of,
+    relative_latency,
+    select_by_latency,
+)
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks, removed_channels
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
@@ -40,6 +49,21 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("oneshot", "equal", "agp")
 SCOPES = ("layerwise", "global", "sensitivity")
+RESOURCES = ("params", "flops", "latency")
+
+
+def is_first_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+
+
+def broadcast_from_first(value: object) -> object:
+    """The first process's ``value`` on every process (``value`` itself outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
@@ -211,7 +235,8 @@ class ChannelPruning(ScheduledPruning):
                  slim_epoch: int | None = None, network: str | None = None, stats: dict | None = None,
                  group_reduction: str = "mean", calibration_dataloader: DataLoader | None = None,
                  save_path: str | None = None, round_to: int = 1, overrides: dict[str, float] | None = None,
-                 exclude: list[str] | None = None, sensitivity: str | None = None) -> None:
+                 exclude: list[str] | None = None, sensitivity: str | None = None,
+                 latency: dict | LatencySettings | None = None) -> None:
         super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
@@ -220,6 +245,10 @@ class ChannelPruning(ScheduledPruning):
                              "schedule (the table is measured on the unpruned network)")
         if mode not in LAYERWISE_MODES:
             raise ValueError(f"unknown layer-wise mode {mode!r}; choose one of {LAYERWISE_MODES}")
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}; choose one of {RESOURCES}")
+        if resource == "latency" and scope != "global":
+            raise ValueError("a latency budget needs the global scope (one ranking across groups, measured)")
         if group_reduction not in GROUP_REDUCTIONS:
             raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
         self.metric, self.scope, self.mode, self.resource = metric, scope, mode, resource
@@ -227,6 +256,9 @@ class ChannelPruning(ScheduledPruning):
         self.slim_epoch, self.save_path = slim_epoch, save_path
         self.round_to, self.overrides, self.exclude = round_to, dict(overrides or {}), list(exclude or [])
         self.sensitivity = sensitivity
+        self.latency = latency if isinstance(latency, LatencySettings) else LatencySettings(**(latency or {}))
+        #: the latency selection's target, measured ratio and rounds (resource ``latency``)
+        self.latency_record: dict | None = None
         self.allocated: dict[str, int] | None = None  # per-group widths the sensitivity scope chose
         self.keep: dict[str, torch.Tensor] | None = None
         self.scores: dict[str, torch.Tensor] | None = None
@@ -301,9 +333,41 @@ class ChannelPruning(ScheduledPruning):
                       for name, s in scores.items()}
             return select_layerwise(scores, layers, amount, mode=self.mode, min_channels=self.min_channels,
                                     round_to=self.round_to, overrides=self.overrides, exclude=exclude)
+        if self.resource == "latency":
+            return self.select_by_latency(net, layers, scores, 1.0 - amount, example, exclude, removed)
         return select_global(scores, layers, PruningCost(net, layers, example), 1.0 - amount,
                              resource=self.resource, normalization=self.normalization,
                              min_channels=self.min_channels, exclude=exclude, already_removed=removed)
+
+    def select_by_latency(self, net: nn.Module, layers: list[PrunableLayer], scores: dict[str, torch.Tensor],
+                          target: float, example: torch.Tensor, exclude: list[str],
+                          removed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The global selection under a measured latency budget (``pruning.latency.select_by_latency``): at most
+        ``target`` of ``net``'s latency on this device, its table measured (or read from the cache) first. Under
+        DDP the first process measures and selects and the others take its choice, so every process keeps the same
+        network."""
+        settings = self.latency
+        if not is_first_process():
+            return broadcast_from_first(None)
+        table = LatencyTable.measure(net, example, settings)
+        batch = batch_of(example, settings.batch_size)
+
+        def select(goal: float) -> dict[str, torch.Tensor]:
+            return select_global(scores, layers, LatencyCost(net, layers, example, table), goal, resource="latency",
+                                 normalization=self.normalization, min_channels=self.min_channels, exclude=exclude,
+                                 already_removed=removed)
+
+        def measure(keep: dict[str, torch.Tensor]) -> float:
+            slimmed = frozen_copy(net).requires_grad_(True)  # the dependency graph is traced through autograd
+            slim(slimmed, find_prunable_layers(slimmed, example), keep, example)
+            return relative_latency(net, slimmed, batch, settings.repeats)
+
+        keep, measured, rounds = select_by_latency(select, measure, target, settings.tolerance, settings.rounds)
+        self.latency_record = {"latency_target": target, "latency_remaining": measured, "latency_rounds": rounds,
+                               "latency_device": table.device}
+        log.info("ChannelPruning: latency %.4f of the dense network's for a target of %.4f (%d selections)",
+                 measured, target, len(rounds))
+        return broadcast_from_first(keep)
 
     def _num_classes(self, pl_module: pl.LightningModule, trainer: pl.Trainer) -> int:
         for source in (getattr(trainer, "datamodule", None), pl_module):

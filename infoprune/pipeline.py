@@ -4,6 +4,7 @@ after fine-tuning). Every phase gets a fresh Trainer (and so a fresh optimizer a
 network); every process computes the same statistics (reduced across ranks) and so chooses the same channels."""
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -45,15 +46,19 @@ from infoprune.pruning.storage import load_channel_scores
 from infoprune.pruning.summary import PruningSummary
 from infoprune.threads import apply_job_threads
 from infoprune.training import ValidationCurve, best_checkpoint, random_state, set_random_state
-from infoprune.validation import CheckedRun, validate_pruning
+from infoprune.validation import CheckedRun, latency_settings, validate_pruning
 
 log = logging.getLogger(__name__)
 
 
-#: settings added after runs were recorded, each with the value that does what those runs did: at that value a
-#: setting is left out of :func:`resume_key`, so that their records still match the settings that reproduce them
+#: settings added after runs were recorded (by their path in the config), each with the value that does what those
+#: runs did: at that value a setting is left out of :func:`resume_key`, so that their records still match the
+#: settings that reproduce them
 SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False,
-                  ("finetune", "distill"): {"alpha": 0.0, "temperature": 4.0}}
+                  ("finetune", "distill"): {"alpha": 0.0, "temperature": 4.0},
+                  ("pruning", "scope", "latency"): {"batch_size": 64, "repeats": 15,
+                                                    "fractions": [0.125, 0.25, 0.5, 0.75, 1.0], "tolerance": 0.03,
+                                                    "rounds": 5}}
 
 #: datamodule settings that say where the data lives (and whether to fetch it), not what it is: left out of every
 #: key, so that a run, a record or a cached baseline is recognised on a machine that keeps the data elsewhere
@@ -82,9 +87,13 @@ def resume_key(cfg: DictConfig) -> dict:
     full = resolved(cfg)
     key = {name: full.get(name) for name in ("model", "pruning", "finetune", "ckpt_path", "seed")}
     key["datamodule"] = data_identity(full["datamodule"])
-    for (section, name), earlier in SETTINGS_ADDED.items():
-        if isinstance(key.get(section), dict) and name in key[section] and key[section][name] == earlier:
-            key[section] = {k: v for k, v in key[section].items() if k != name}
+    key = copy.deepcopy(key)
+    for (*sections, name), earlier in SETTINGS_ADDED.items():
+        parent = key
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and name in parent and parent[name] == earlier:
+            del parent[name]
     return key
 
 
@@ -151,7 +160,8 @@ class PruningRun:
                               network="net", stats=resolved(self.cfg.pruning.stats),
                               group_reduction=self.cfg.pruning.get("group_reduction", "mean"),
                               round_to=scope.get("round_to", 1), overrides=dict(scope.get("overrides") or {}),
-                              exclude=list(scope.exclude), sensitivity=scope.get("table"))
+                              exclude=list(scope.exclude), sensitivity=scope.get("table"),
+                              latency=latency_settings(self.cfg) if scope.get("resource") == "latency" else None)
 
     # -- trainers ----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, max_epochs: int = 1, fit: bool = False, callbacks: list | None = None,
@@ -314,7 +324,7 @@ class PruningRun:
         layers = find_prunable_layers(model.net, example)
         pruning = self.channel_pruning
         amount = step.amount
-        if pruning.scope == "global":
+        if pruning.scope == "global" and pruning.resource != "latency":  # latency: one-shot only
             current = count_parameters(model.net) if pruning.resource == "params" else count_flops(model.net, example)
             amount = 1.0 - min(1.0, step.remaining * dense[pruning.resource] / current)
         return pruning.select(model.net, layers, scores, amount, example, only=step.layers)
@@ -401,7 +411,7 @@ class PruningRun:
         summary = PruningSummary(channels_before, after, dense["params"], count_parameters(model.net),
                                  dense["flops"], count_flops(model.net, example))
         state["pruned"] = self.evaluate(model, "pruned_test")
-        state["summary"] = summary.metrics(prefix="")
+        state["summary"] = {**summary.metrics(prefix=""), **(self.channel_pruning.latency_record or {})}
         state["channels_before"], state["channels_after"] = channels_before, after
         state["groups"] = {layer.name: layer.member_names for layer in layers if len(layer.members) > 1}
         if self.is_global_zero():

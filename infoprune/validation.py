@@ -16,10 +16,12 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
 from infoprune.builders import build_datamodule, build_model, first_line, source_checkpoint
+from infoprune.callbacks.pruning import RESOURCES, SCOPES
 from infoprune.datamodules.base import ImageDataModule
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
 from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.latency import LatencyCost, LatencySettings, LatencyTable
 from infoprune.pruning.layers import TAP_POINTS, find_prunable_layers
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.schedule import SCHEDULES
@@ -27,9 +29,6 @@ from infoprune.pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_
 from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.stats import BINNINGS
 from infoprune.search import CONSTRAINTS, OBJECTIVES
-
-SCOPES = ("layerwise", "global", "sensitivity")
-RESOURCES = ("params", "flops")
 
 
 class ConfigError(ValueError):
@@ -211,15 +210,39 @@ def check_channel_scope(cfg: DictConfig, model: ImageClassifier, target: float) 
         return
     resource = check_choice(cfg, "pruning.scope.resource", RESOURCES)
     if scope == "sensitivity":
+        if resource == "latency":
+            raise ConfigError("pruning.scope.resource", "a latency budget needs the global scope "
+                              "(pruning/scope=global pruning.scope.resource=latency)")
         check_sensitivity_scope(cfg, model, layers, target, resource, min_channels)
         return
     check_choice(cfg, "pruning.scope.normalization", ("auto",) + NORMALIZATIONS)
+    cost = latency_cost(cfg, model, layers) if resource == "latency" else PruningCost(model.net, layers, example)
     zeros = {layer.name: torch.zeros(layer.num_channels) for layer in layers}
     try:
-        select_global(zeros, layers, PruningCost(model.net, layers, example), 1.0 - target, resource=resource,
+        select_global(zeros, layers, cost, 1.0 - target, resource=resource,
                       min_channels=min_channels, exclude=list(setting(cfg, "pruning.scope.exclude", [])))
     except ValueError as error:
         raise ConfigError("pruning.target", str(error)) from None
+
+
+def latency_settings(cfg: DictConfig) -> LatencySettings:
+    """``pruning.scope.latency`` with the table cache ``latency_cache``."""
+    try:
+        return LatencySettings(**(setting(cfg, "pruning.scope.latency", {}) or {}),
+                               cache_dir=setting(cfg, "latency_cache"))
+    except (TypeError, ValueError) as error:
+        raise ConfigError("pruning.scope.latency", str(error)) from None
+
+
+def latency_cost(cfg: DictConfig, model: ImageClassifier, layers: list) -> LatencyCost:
+    """A latency budget's predicted cost: only with one-shot pruning (the pipeline's steps measure their budget
+    against the network as it is, which a latency table of the dense network does not describe); the table is
+    measured here, on the job's device, and kept in ``latency_cache`` for the job."""
+    if setting(cfg, "pruning.schedule.name") != "oneshot":
+        raise ConfigError("pruning.schedule", "a latency budget prunes in one shot: use pruning/schedule=oneshot")
+    example = model.example_input_array
+    table = LatencyTable.measure(model.net, example, latency_settings(cfg))
+    return LatencyCost(model.net, layers, example, table)
 
 
 def check_sensitivity_scope(cfg: DictConfig, model: ImageClassifier, layers: list, target: float, resource: str,
