@@ -287,11 +287,14 @@ def select_by_latency(select: Callable[[float], Keep], measure: Callable[[Keep],
     """Channels to keep so that the measured latency ratio is at most ``target * (1 + tolerance)``.
 
     ``select(goal)``: the selection whose predicted latency ratio is ``goal``; ``measure(keep)``: the measured
-    ratio of that network to the dense one. Starting from ``goal = target``, each round measures and sets
-    ``goal <- min(1, goal * target / measured)`` until the measured ratio lies within ``tolerance`` of the target.
-    Returns the largest measured network within the budget, its measured ratio and every round's
+    ratio of that network to the dense one. The first goal is the target; each later one is interpolated
+    linearly at the target between the nearest goals measured under and over it (regula falsi), or, before both
+    exist, ``goal * target / measured`` (capped at 1). Stops once a measurement lies within ``tolerance`` of the
+    target. Returns the largest measured network within the budget, its measured ratio and every round's
     ``{goal, measured}``; raises ``ValueError`` when no round met the budget."""
     goal, best, history = float(target), None, []
+    under: tuple[float, float] | None = None  # (goal, measured) of the largest goal measured within the target
+    over: tuple[float, float] | None = None  # ... of the smallest goal measured over it
     for _ in range(rounds):
         keep = select(goal)
         measured = float(measure(keep))
@@ -300,9 +303,15 @@ def select_by_latency(select: Callable[[float], Keep], measure: Callable[[Keep],
             best = (keep, measured)
         if abs(measured / target - 1) <= tolerance:
             break
-        goal = min(1.0, goal * target / measured)
+        if measured < target and (under is None or goal > under[0]):
+            under = (goal, measured)
+        if measured > target and (over is None or goal < over[0]):
+            over = (goal, measured)
+        if under is not None and over is not None and over[0] > under[0] and over[1] > under[1]:
+            goal = under[0] + (target - under[1]) * (over[0] - under[0]) / (over[1] - under[1])
+        else:
+            goal = min(1.0, goal * target / measured)
     if best is None:
         raise ValueError(f"latency target {target} not met in {rounds} rounds: measured "
                          f"{[round(h['measured'], 4) for h in history]} of the dense network's latency")
     return best[0], best[1], history
-

@@ -91,6 +91,10 @@ def test_selection_is_redone_until_the_measured_latency_meets_the_target():
     assert measured == pytest.approx(0.5) and float(keep["goal"]) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="latency target 0.5 not met in 2 rounds"):
         select_by_latency(select, lambda keep: 0.9, 0.5, 0.03, 2)
+    # once measured on both sides of the target, the next goal is interpolated between them (exact on a line)
+    keep, measured, rounds = select_by_latency(select, lambda keep: 1.3 * float(keep["goal"]) - 0.1, 0.5, 0.001, 5)
+    assert [r["goal"] for r in rounds] == pytest.approx([0.5, 0.5 * 0.5 / 0.55, 0.6 / 1.3])
+    assert measured == pytest.approx(0.5)
     # one round on target: done
     keep, measured, rounds = select_by_latency(select, lambda keep: 0.6 * float(keep["goal"]), 0.5, 0.01, 3)
     assert [r["goal"] for r in rounds] == pytest.approx([0.5, 0.5 / 0.6]) and measured == pytest.approx(0.5)
