@@ -2,8 +2,6 @@
 TensorBoard and MLflow get what W&B gets, read back with their own readers."""
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -75,16 +73,28 @@ def test_mlflow_store_gets_the_curves_the_summary_the_channels_table_scores_and_
     assert record == results
 
 
+def log_one_metric(database: str, value: float) -> None:
+    """One job of a sweep: opens the store, logs ``m = value`` and closes its run."""
+    from infoprune.loggers import mlflow_logger
+
+    logger = mlflow_logger(f"sqlite:///{database}", "x", tags=["t"])
+    logger.log_metrics({"m": value}, step=0)
+    logger.finalize("success")
+
+
 def test_parallel_jobs_opening_a_new_mlflow_store_all_get_their_run(tmp_path):
-    database = tmp_path / "store" / "mlflow.db"
-    script = ("import sys; from infoprune.loggers import mlflow_logger; "
-              f"logger = mlflow_logger('sqlite:///{database}', 'x', tags=['t']); "
-              "logger.log_metrics({'m': float(sys.argv[1])}, step=0); logger.finalize('success')")
-    jobs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
-            for i in range(2)]
-    errors = [job.communicate()[1] for job in jobs]
-    assert [job.returncode for job in jobs] == [0, 0], errors
+    import multiprocessing
+
     from mlflow.tracking import MlflowClient
+
+    database = tmp_path / "store" / "mlflow.db"
+    jobs = [multiprocessing.get_context("fork").Process(target=log_one_metric, args=(str(database), float(i)))
+            for i in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{database}")
     runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])

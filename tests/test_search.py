@@ -43,17 +43,16 @@ def test_bad_search_settings_fail_before_any_work(override, key, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_readme_optuna_search_runs_two_trials_and_reports_its_best(tmp_path):
+def test_the_readme_optuna_search_runs_two_trials_and_reports_its_best(tmp_path, digits_baseline):
     from infoprune.pruning.report import write_report
 
     sweep = tmp_path / "search"
     result = prune_py(["-m", "hparams_search=prune_budget", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-                       f"baseline_cache={tmp_path / 'baselines'}", "trainer.max_epochs=2",
-                       "search.constraints.flops_remaining=0.3"], tmp_path)
+                       f"ckpt_path={digits_baseline}", "search.constraints.flops_remaining=0.3"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = search_trials(sweep)
     assert [trial["trial"] for trial in trials] == [0, 1]
-    assert len(list((tmp_path / "baselines").glob("*.ckpt"))) == 1  # both trials pruned one cached baseline
+    assert len({trial["results"]["acc_baseline"] for trial in trials}) == 1  # both pruned the same baseline
     summary = OmegaConf.load(sweep / "optimization_results.yaml")
     best = max(trials, key=lambda trial: trial["value"])
     assert summary.best_value == pytest.approx(best["value"])  # what prune.py returned is what the sweeper saw
