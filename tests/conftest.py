@@ -107,10 +107,10 @@ def ddp_pair(request) -> Path:
     return out
 
 
-def digits_test_accuracy(checkpoint: Path) -> float:
-    """Fraction of the digits test images that ``checkpoint`` classifies correctly, computed by hand (argmax of the
-    logits over the whole test split in one batch; no Trainer, no torchmetrics): an independent reference for the
-    accuracies the pipeline reports."""
+def digits_test_accuracy(checkpoint: Path, split: str = "test") -> float:
+    """Fraction of the digits ``split`` images (``test`` or ``val``) that ``checkpoint`` classifies correctly,
+    computed by hand (argmax of the logits over the whole split in one batch; no Trainer, no torchmetrics): an
+    independent reference for the accuracies the pipeline reports."""
     import torch
 
     from infoprune.datamodules import DigitsDataModule
@@ -118,8 +118,8 @@ def digits_test_accuracy(checkpoint: Path) -> float:
 
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
     datamodule = DigitsDataModule()
-    datamodule.setup("test")
-    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    datamodule.setup("fit" if split == "val" else "test")
+    images, labels = getattr(datamodule, f"{split}_set").images, getattr(datamodule, f"{split}_set").labels
     with torch.no_grad():
         predictions = model(datamodule.transform_batch(images, train=False)).argmax(1)
     return (predictions == labels).double().mean().item()

@@ -119,8 +119,12 @@ def test_results_record_wall_time_per_phase_and_the_report_shows_it(tmp_path, ba
                                    "pruning.recalibrate_bn_images=256"])
     phases = results["phase_s"]
     assert list(phases) == ["baseline_test", "step_0/statistics", "step_0/selection_slimming", "recalibration",
-                            "pruned_test", "finetune", "finetuned_test"]
+                            "pruned_test", "finetune", "finetuned_test", "finetuned_val"]
     assert all(seconds > 0 for seconds in phases.values()) and sum(phases.values()) < results["wall_s"]
+    # the final network's validation accuracy, counted by hand over the validation images
+    final = tmp_path / "run" / "final.ckpt"
+    assert results["val_acc_finetuned"] == pytest.approx(digits_test_accuracy(final, "val"), abs=1e-6)
+    assert results["acc_finetuned"] == pytest.approx(digits_test_accuracy(final), abs=1e-6)
     table, _ = write_report(tmp_path / "run", out=tmp_path / "report")
     text = table.read_text()
     header = next(line for line in text.splitlines() if line.endswith("| total |"))
