@@ -31,6 +31,7 @@ class StatisticsSettings:
     batch_size: int = 256
     seed: int = 0
     fine_bins: int = 2048
+    buffer_images: int = 2048
 
 
 def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: ChannelScorer, batches: Batches | None,
@@ -44,7 +45,8 @@ def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: Ch
     with torch.inference_mode(False), torch.no_grad():
         if metric.needs_statistics:
             stats = collect_statistics(net, layers, batches, num_classes, bins=settings.bins, binning=settings.binning,
-                                       tap=settings.tap, fine_bins=settings.fine_bins, progress=progress)
+                                       tap=settings.tap, fine_bins=settings.fine_bins, progress=progress,
+                                       buffer_images=settings.buffer_images)
         elif metric.feature_statistic is not None:
             stats = collect_channel_averages(net, layers, batches, metric.feature_statistic, tap=settings.tap,
                                              progress=progress, desc=f"statistics: {metric.name}")

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 #: settings that reproduce them
 SETTINGS_ADDED = {("pruning", "recalibrate_bn_augment"): False,
                   ("finetune", "distill"): {"alpha": 0.0, "temperature": 4.0},
+                  ("pruning", "stats", "buffer_images"): 2048,  # speed and memory only: the statistics are the same
                   ("pruning", "scope", "latency"): {"batch_size": 64, "repeats": 15,
                                                     "fractions": [0.125, 0.25, 0.5, 0.75, 1.0], "tolerance": 0.03,
                                                     "rounds": 5}}

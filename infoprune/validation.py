@@ -139,6 +139,8 @@ def check_stats(cfg: DictConfig, datamodule: ImageDataModule) -> None:
     bins = check_int(cfg, "pruning.stats.bins", 2)
     check_choice(cfg, "pruning.stats.binning", BINNINGS)
     check_int(cfg, "pruning.stats.fine_bins", bins)
+    if setting(cfg, "pruning.stats.buffer_images") is not None:
+        check_int(cfg, "pruning.stats.buffer_images", 0)
     batch = check_int(cfg, "pruning.stats.batch_size", 1)
     check_calibration_images(cfg, "pruning.stats.num_images", datamodule, minimum=batch,
                              hint="(at least pruning.stats.batch_size)")

@@ -2,11 +2,16 @@
 
 For every prunable layer and image, each channel's feature map (at the layer's tap point) is averaged over space
 to one value ``a[c] = mean_{h,w} F[c, h, w]``. Over a calibration set these values are discretised into ``bins``
-bins per channel and counted jointly with the label: ``counts[c, bin, class]``. Memory is independent of the
-number of images: pass 1 finds each channel's ``[min, max]``; for equal-frequency bins pass 2 fills a fine
-equal-width histogram (``fine_bins`` per channel) whose cumulative counts place the edges; the last pass counts.
-Every range and count is reduced over processes (min, max, sum), so ranks that see disjoint shards of the
-calibration set produce the same statistics as one process that sees all of it.
+bins per channel and counted jointly with the label: ``counts[c, bin, class]``. Stage 1 finds each channel's
+``[min, max]``; for equal-frequency bins stage 2 fills a fine equal-width histogram (``fine_bins`` per channel)
+whose cumulative counts place the edges; the last stage counts. Every range and count is reduced over processes
+(min, max, sum), so ranks that see disjoint shards of the calibration set produce the same statistics as one
+process that sees all of it.
+
+The network runs once: stage 1's forward pass also keeps every batch's pooled values (N x C float32 per layer),
+and the later stages replay those batches in the same order instead of running the network again, which gives the
+same numbers bit for bit. Memory is capped: a process that sees more than ``buffer_images`` images drops what it
+kept, and the later stages run the network again over the calibration batches (memory then independent of N).
 """
 from __future__ import annotations
 
@@ -134,15 +139,18 @@ def collect_statistics(
     tap: str = "act",
     fine_bins: int = 2048,
     progress: bool = True,
+    buffer_images: int = 2048,
 ) -> dict[str, LayerStatistics]:
     """Joint histograms ``counts[c, bin, class]`` of every member of every channel group in ``layers`` (keyed by
-    the member's name; a group of one: the layer's name) over the images of ``batches()`` (called once per pass;
-    each call yields ``(normalised images, labels)`` on the model's device). Every member is read in the same
-    passes.
+    the member's name; a group of one: the layer's name) over the images of ``batches()`` (called once per
+    forward pass; each call yields ``(normalised images, labels)`` on the model's device). Every member is read in
+    the same passes: one, when this process sees at most ``buffer_images`` images (module docstring).
 
     Args:
         bins: bins per channel. binning: ``width`` (equal width over the channel's [min, max]) or ``frequency``.
         tap: ``conv``, ``bn`` or ``act`` (see ``Member.tap``). fine_bins: resolution of equal-frequency edges.
+        buffer_images: most images whose pooled values a process keeps for replay (0: run the network once per
+            stage).
     """
     if binning not in BINNINGS:
         raise ValueError(f"unknown binning {binning!r}; choose one of {BINNINGS}")
@@ -153,9 +161,33 @@ def collect_statistics(
     sizes = {member.name: layer.num_channels for layer in layers for member in layer.members}
     show = progress and rank_and_world_size()[0] == 0
 
-    def run(visit, desc: str) -> None:
-        hooks.visit = visit
+    #: every batch's pooled values by member, and its labels, while this process has seen <= buffer_images images
+    kept: list[tuple[dict[str, torch.Tensor], torch.Tensor]] | None = [] if buffer_images > 0 else None
+    kept_images = 0
+
+    def run(visit, desc: str, first: bool = False) -> None:
+        """One stage: ``visit(name, pooled, labels)`` for every member and batch, from a forward pass (the first
+        stage, or every stage once the buffer overflowed) or from the kept batches."""
+        nonlocal kept, kept_images
+        if not first and kept is not None:
+            for pooled, labels in kept:
+                for name, values in pooled.items():
+                    visit(name, values, labels)
+            return
+
+        def visit_and_keep(name, pooled, labels):
+            visit(name, pooled, labels)
+            if kept is not None:
+                kept[-1][0][name] = pooled
+
+        hooks.visit = visit_and_keep if first else visit
         for images, labels in tqdm(batches(), desc=desc, unit="batch", disable=not show, leave=False):
+            if first and kept is not None:
+                kept_images += len(labels)
+                if kept_images <= buffer_images:
+                    kept.append(({}, labels))
+                else:
+                    kept = None
             hooks.labels = labels
             model(images)
 
@@ -169,7 +201,9 @@ def collect_statistics(
             torch.maximum(hi[name], pooled.amax(0), out=hi[name])
 
         passes = 3 if binning == "frequency" else 2
-        run(observe_range, f"statistics 1/{passes}: ranges")
+        run(observe_range, f"statistics 1/{passes}: ranges", first=True)
+        if all_reduce(torch.tensor([kept is None], dtype=torch.int64, device=device), "max").item():
+            kept = None  # a process's buffer overflowed: every process runs the network again, as the others do
         for name in sizes:
             all_reduce(lo[name], "min"), all_reduce(hi[name], "max")
             if not torch.isfinite(lo[name]).all():

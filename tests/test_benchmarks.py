@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 CASES = {
     "data_throughput": (["--batches", "3", "--width", "0.125", "--batch-size", "32"], "data_wait_share"),
     "stats_overhead": (["--images", "64", "--repeats", "1", "--simplenet-width", "0.125", "--batch-size", "32"],
-                       "stats_over_inference"),
+                       "scoring_over_one_inference_pass"),
     "slim_latency": (["--width", "0.125", "--repeats", "1", "--batch-size", "4", "--tv-size", "32"],
                      "speedup_over_flop_ratio"),
     "train_throughput": (["--networks", "lenet5", "--batches", "2", "--warmup", "1", "--repeats", "1", "--no-compile"],
@@ -57,8 +57,9 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, monkeypatch, capsys
     assert len(lines) > 2 and math.isfinite(figures[key]) and figures[key] > 0
     if name == "data_throughput":
         assert 0 <= figures[key] <= 1  # a share of the step time
-    if name == "stats_overhead":
-        assert figures["memory_flat"] is True  # the statistics state does not grow with the number of images
+    if name == "stats_overhead":  # peak memory measured at N and 8N images, each in its own process
+        assert figures["memory_images"] == 64 and all(len(sizes) == 2 for key, sizes in figures.items()
+                                                      if key.endswith("/peak_added_bytes"))
     if name == "train_throughput":  # the best setting is one of those measured, the current one included
         assert figures["best_over_current_lenet5"] >= 1 and figures["lenet5/machine/2x1"] > 0
         assert figures["best_setting_lenet5"] != "bare" and figures["bare_lightning_over_plain_lenet5"] > 0

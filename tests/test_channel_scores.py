@@ -233,3 +233,27 @@ def test_callback_under_lightning_ddp_on_cpu_matches_one_process(tmp_path, ddp_p
     for name, layer in single["layers"].items():
         assert torch.equal(layer["counts"], ddp["layers"][name]["counts"])
         torch.testing.assert_close(layer["scores"], ddp["layers"][name]["scores"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("binning", ["width", "frequency"])
+def test_one_forward_pass_gives_the_statistics_of_one_pass_per_stage_bit_for_bit(binning):
+    """The first stage keeps the pooled maps and the later stages replay them: the network runs once, and the
+    edges, counts and sums equal those of running it once per stage (buffer_images=0), as they do when a process
+    sees more images than it keeps."""
+    torch.manual_seed(0)
+    net = SimpleNet(width=0.25, num_classes=4).eval()
+    images, labels = torch.randn(96, 3, 32, 32), torch.randint(0, 4, (96,))
+    layers = find_prunable_layers(net, images[:1])
+    forwards = []
+    net.register_forward_pre_hook(lambda module, args: forwards.append(len(args[0])))
+    results = {}
+    for buffer in (2048, 0, 95):  # all kept; none; overflowing on the last batch
+        forwards.clear()
+        results[buffer] = collect_statistics(net, layers, batches_of(images, labels, 32), 4, bins=8, binning=binning,
+                                             progress=False, buffer_images=buffer)
+        stages = 3 if binning == "frequency" else 2
+        assert len(forwards) == 3 * (1 if buffer == 2048 else stages)  # batches of 32 per forward pass
+    for buffer in (0, 95):
+        for name, stats in results[2048].items():
+            for field in ("edges", "counts", "abs_sum"):
+                assert torch.equal(getattr(stats, field), getattr(results[buffer][name], field)), (buffer, name)
