@@ -198,6 +198,22 @@ MUTATIONS = [
     Mutation("a new MLflow store opened under a lock", "infoprune/loggers.py",
              "        fcntl.flock(lock, fcntl.LOCK_EX)\n", "        pass\n",
              ("tests/test_loggers.py::test_parallel_jobs_opening_a_new_mlflow_store_all_get_their_run",)),
+    Mutation("statistics replayed from one forward pass", "pruning/stats.py",
+             "        if not first and kept is not None:", "        if False:",
+             ("tests/test_channel_scores.py::test_one_forward_pass_gives_the_statistics_of_one_pass_per_stage_bit_for_bit",)),
+    Mutation("predicted latency kept up to date", "pruning/latency.py",
+             "            self.module_seconds[module] = self.seconds(module)", "            pass",
+             ("tests/test_latency.py::test_predicted_latency_follows_the_widths_of_the_slimmed_network",)),
+    Mutation("latency goal interpolated between measurements", "pruning/latency.py",
+             "            goal = under[0] + (target - under[1]) * (over[0] - under[0]) / (over[1] - under[1])",
+             "            goal = min(1.0, goal * target / measured)",
+             ("tests/test_latency.py::test_selection_is_redone_until_the_measured_latency_meets_the_target",)),
+    Mutation("a search's budget", "infoprune/search.py",
+             "    return -excess if excess > 0 else float(results[objective])", "    return float(results[objective])",
+             ("tests/test_search.py::test_a_job_over_its_budget_returns_minus_its_largest_relative_excess",)),
+    Mutation("search settings checked before any work", "infoprune/validation.py",
+             "    check_search(cfg)\n", "",
+             ("tests/test_search.py::test_bad_search_settings_fail_before_any_work",)),
 ]
 
 
