@@ -28,6 +28,7 @@ from infoprune.pruning.latency import (
     LatencySettings,
     LatencyTable,
     batch_of,
+    memory_format,
     relative_latency,
     select_by_latency,
 )
@@ -350,7 +351,7 @@ class ChannelPruning(ScheduledPruning):
         if not is_first_process():
             return broadcast_from_first(None)
         table = LatencyTable.measure(net, example, settings)
-        batch = batch_of(example, settings.batch_size)
+        batch = batch_of(example, settings.batch_size, memory_format(net))
 
         def select(goal: float) -> dict[str, torch.Tensor]:
             return select_global(scores, layers, LatencyCost(net, layers, example, table), goal, resource="latency",

@@ -95,9 +95,19 @@ def interleaved_seconds(calls: Mapping[str, Callable[[], Any]], repeats: int, de
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def batch_of(example: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``batch_size`` copies of the first example (timing does not depend on the pixel values)."""
-    return example[:1].expand(batch_size, *example.shape[1:]).contiguous()
+def memory_format(net: nn.Module) -> torch.memory_format:
+    """The memory format ``net`` runs in: channels-last when its convolution weights are stored that way."""
+    weights = [p for p in net.parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1]
+    if weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def batch_of(example: torch.Tensor, batch_size: int,
+             layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``batch_size`` copies of the first example (timing does not depend on the pixel values), in ``layout``."""
+    batch = example[:1].expand(batch_size, *example.shape[1:])
+    return batch.contiguous(memory_format=layout) if batch.dim() == 4 else batch.contiguous()
 
 
 def relative_latency(net: nn.Module, other: nn.Module, batch: torch.Tensor, repeats: int) -> float:
@@ -189,8 +199,8 @@ def bilinear(grid: list[float], values: list[list[float]], x: float, y: float) -
 @dataclass
 class LatencyTable:
     """Measured seconds of every conv and linear layer alone: ``seconds[name][i][j]`` with ``fractions[i]`` of its
-    inputs and ``fractions[j]`` of its outputs, on a batch of ``batch_size``; plus ``network_seconds``, the whole
-    dense network's, measured in the same run."""
+    inputs and ``fractions[j]`` of its outputs, on a batch of ``batch_size`` in the network's memory format
+    (:func:`memory_format`); plus ``network_seconds``, the whole dense network's, measured in the same run."""
     device: str
     batch_size: int
     fractions: list[float]
@@ -207,6 +217,7 @@ class LatencyTable:
     def key(net: nn.Module, example: torch.Tensor, settings: LatencySettings) -> dict:
         """What a table depends on: the device, torch's version, the batch, the grid and every layer's shape."""
         return {"device": device_name(example.device), "torch": torch.__version__,
+                "channels_last": memory_format(net) == torch.channels_last,
                 "batch_size": settings.batch_size, "repeats": settings.repeats, "fractions": list(settings.fractions),
                 "shapes": {name: asdict(shape) for name, shape in layer_shapes(net, example).items()}}
 
@@ -220,6 +231,7 @@ class LatencyTable:
         if cache is not None and cache.exists():
             return cls(**json.loads(cache.read_text()))
         device, fractions = example.device, list(settings.fractions)
+        layout = torch.channels_last if key["channels_last"] else torch.contiguous_format
         seconds = {}
         for name, shape in key["shapes"].items():
             layer = LayerShape(**shape)
@@ -229,10 +241,12 @@ class LatencyTable:
                     module, x = layer.scaled(max(1, round(fi * layer.in_channels)),
                                              max(1, round(fo * layer.out_channels)), settings.batch_size)
                     module, x = module.to(device).eval(), x.to(device)
+                    if x.dim() == 4:
+                        module, x = module.to(memory_format=layout), x.contiguous(memory_format=layout)
                     calls[(i, j)] = (lambda m=module, x=x: m(x))
             measured = interleaved_seconds(calls, settings.repeats, device)
             seconds[name] = [[measured[(i, j)] for j in range(len(fractions))] for i in range(len(fractions))]
-        batch = batch_of(example, settings.batch_size)
+        batch = batch_of(example, settings.batch_size, layout)
         modes = [(m, m.training) for m in net.modules()]
         net.eval()
         try:

@@ -130,6 +130,10 @@ def test_a_table_is_measured_once_per_device_batch_and_shapes(tmp_path, monkeypa
     assert len(calls) == 12 and len(list(tmp_path.glob("latency-*.json"))) == 2  # another batch: another table
     assert json.loads(next(tmp_path.glob("latency-*.json")).read_text())["device"] == latency.device_name(
         torch.device("cpu"))
+    net.to(memory_format=torch.channels_last)  # a network run channels-last is timed so, in a table of its own
+    assert LatencyTable.key(net, example, settings)["channels_last"] and len(calls) == 12
+    LatencyTable.measure(net, example, settings)
+    assert len(calls) == 18 and len(list(tmp_path.glob("latency-*.json"))) == 3
 
 
 def test_scaled_layers_keep_depthwise_and_grouped_structure():
