@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 import warnings
 
 import torch
 
-from benchmarks.common import print_json
+from benchmarks.common import print_json, timed
 from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
 from infoprune.models import LeNet5, SimpleNet
 from infoprune.pruning import metrics
@@ -40,17 +39,6 @@ class FixedBatches:
         yield from self.batches
 
 
-def seconds(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def overhead(name: str, width: float, metric: str, n: int, batch: int, repeats: int) -> dict:
     shape, build = NETWORKS[name]
     torch.manual_seed(0)
@@ -65,9 +53,12 @@ def overhead(name: str, width: float, metric: str, n: int, batch: int, repeats: 
                 net(x)
 
     settings = StatisticsSettings(num_images=n, batch_size=batch)
-    plain = seconds(inference, repeats)
-    scoring = seconds(lambda: score_channels(net, layers, METRICS[metric](), batches, 10, settings), repeats)
-    return {"network": name, "images": n, "inference_s": plain, "scoring_s": scoring, "ratio": scoring / plain}
+    def scoring():
+        score_channels(net, layers, METRICS[metric](), batches, 10, settings)
+
+    inference(), scoring()  # warm-up
+    plain, scored = timed(inference, repeats), timed(scoring, repeats)
+    return {"network": name, "images": n, "inference_s": plain, "scoring_s": scored, "ratio": scored / plain}
 
 
 def live_tensor_bytes() -> int:
