@@ -13,7 +13,7 @@ at the same measured latency?
    fine-tuned test accuracy of the latency-selected network minus that of the FLOPs-selected one (points).
 
     python -m benchmarks.latency_budget [--target 0.5] [--repeats 15] [--tv-size 224] [--tv-batch 8]
-        [--digits-width 1.0] [--digits-batch 256] [--skip-accuracy]
+        [--digits-width 1.0] [--digits-batch 256] [--epochs 0] [--skip-accuracy]
 
 Last line: JSON with ``latency_over_target_simplenet``, ``latency_over_target_resnet18``, ``latency_over_target``
 (the larger), the selection rounds of each, and ``acc_latency_vs_flops`` with both accuracies and measured
@@ -88,6 +88,8 @@ def accuracy_figures(args: argparse.Namespace) -> dict[str, float]:
     out = scratch_dir("latency_budget-")
     common = [f"model.net.width={args.digits_width}", "pruning/metric=l1_in", "pruning/scope=global", "logger=none",
               f"baseline_cache={out / 'baselines'}", f"latency_cache={out / 'latency'}"]
+    if args.epochs:
+        common += [f"trainer.max_epochs={args.epochs}", f"finetune.max_epochs={args.epochs}"]
     latency_run = prune(compose("prune", common + [
         "pruning.scope.resource=latency", f"pruning.target={1 - args.target}",
         f"pruning.scope.latency.batch_size={args.digits_batch}",
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--tv-batch", type=int, default=8)
     parser.add_argument("--digits-width", type=float, default=1.0)
     parser.add_argument("--digits-batch", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=0, help="baseline and fine-tuning epochs of the digits jobs "
+                        "(0: the prune.py defaults)")
     parser.add_argument("--skip-accuracy", action="store_true", help="only the latency_over_target figures")
     args = parser.parse_args()
     print(f"CPU {torch.get_num_threads()} threads, median of {args.repeats} timed passes per measurement")

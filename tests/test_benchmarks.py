@@ -21,12 +21,16 @@ CASES = {
                      "speedup_over_flop_ratio"),
     "train_throughput": (["--networks", "lenet5", "--batches", "2", "--warmup", "1", "--repeats", "1", "--no-compile"],
                          "lightning_over_plain_lenet5"),
+    "latency_budget": (["--width", "0.5", "--repeats", "3", "--batch-size", "32", "--tv-size", "96", "--tv-batch", "8",
+                        "--digits-width", "1.0", "--digits-batch", "256", "--epochs", "1"], "latency_over_target"),
     "job_time_budget": (["trainer.max_epochs=1", "finetune.max_epochs=1", "pruning.stats.num_images=256",
                          "trainer.accelerator=cpu", "logger=none"], "outside_network_share"),
 }
 
 
-SLOW_CASES = {"train_throughput"}  # its timing logic has a fast test of its own (the ticking clock below)
+#: train_throughput: its timing logic has a fast test of its own (the ticking clock below); latency_budget: whether
+#: a latency target is reachable depends on the machine's timings (tests/test_latency.py covers its logic)
+SLOW_CASES = {"train_throughput", "latency_budget"}
 COMMAND_LINE = "stats_overhead"  # run as ``python -m benchmarks.<name>``; the others through their main() here
 
 
@@ -63,6 +67,9 @@ def test_benchmark_prints_a_table_and_a_last_json_line(name, monkeypatch, capsys
     if name == "train_throughput":  # the best setting is one of those measured, the current one included
         assert figures["best_over_current_lenet5"] >= 1 and figures["lenet5/machine/2x1"] > 0
         assert figures["best_setting_lenet5"] != "bare" and figures["bare_lightning_over_plain_lenet5"] > 0
+    if name == "latency_budget":  # measured again after the selection; both digits jobs fine-tuned
+        assert figures["latency_over_target_simplenet"] > 0 and figures["latency_over_target_resnet18"] > 0
+        assert 0 <= figures["acc_latency_budget"] <= 1 and 0 <= figures["acc_flops_budget"] <= 1
     if name == "job_time_budget":  # a share of the wall time; the network ran forward and backward
         assert 0 < figures[key] < 1 and figures["forward_s"] > 0 and figures["backward_s"] > 0
         assert figures["phase/finetune"] > 0
