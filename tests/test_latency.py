@@ -36,11 +36,11 @@ def small_net() -> nn.Module:
 
 def product_table(net: nn.Module, example: torch.Tensor, fixed: float) -> LatencyTable:
     """A table whose layer times are ``a_l * f_in * f_out`` (bilinear interpolation is exact on it) and whose dense
-    network takes ``fixed`` seconds more than its layers."""
+    network spends ``fixed`` times its layers' time outside them."""
     shapes = {name: vars(shape) for name, shape in layer_shapes(net, example).items()}
     weights = {name: 1e-3 * (k + 1) for k, name in enumerate(shapes)}
     seconds = {name: [[a * fi * fo for fo in GRID] for fi in GRID] for name, a in weights.items()}
-    return LatencyTable("test", 8, GRID, shapes, seconds, fixed + sum(weights.values()))
+    return LatencyTable("test", 8, GRID, shapes, seconds, (1 + fixed) * sum(weights.values()))
 
 
 def test_interpolation_matches_scipy_between_grid_points_and_clamps_outside():
@@ -54,7 +54,7 @@ def test_interpolation_matches_scipy_between_grid_points_and_clamps_outside():
 def test_predicted_latency_follows_the_widths_of_the_slimmed_network():
     net, example = small_net().eval(), torch.randn(1, 3, 12, 12)
     layers = find_prunable_layers(net, example)
-    table = product_table(net, example, fixed=0.004)
+    table = product_table(net, example, fixed=0.3)
     cost = LatencyCost(net, layers, example, table)
     assert cost.remaining("latency") == pytest.approx(1.0)
     scores = {layer.name: torch.rand(layer.num_channels) for layer in layers}
@@ -65,7 +65,7 @@ def test_predicted_latency_follows_the_widths_of_the_slimmed_network():
     widths = {name: (shape.in_channels, shape.out_channels) for name, shape in layer_shapes(net, example).items()}
     layer_time = sum(table.layer_seconds(name, *widths[name]) for name in widths)
     dense_layers = sum(row[-1][-1] for row in table.seconds.values())
-    assert predicted == pytest.approx((0.004 + layer_time) / (0.004 + dense_layers), rel=1e-9)
+    assert predicted == pytest.approx((0.3 * dense_layers + layer_time) / (1.3 * dense_layers), rel=1e-9)
     assert cost.remaining("params") < 1 and cost.remaining("flops") < 1  # the other budgets still counted
 
 
@@ -167,9 +167,7 @@ def known_latency(monkeypatch):
 
     def use(fixed: float = 0.2) -> None:
         def measure(cls, net, example, settings):
-            table = product_table(net, example, 0.0)
-            table.network_seconds *= 1 + fixed
-            return table
+            return product_table(net, example, fixed)
         monkeypatch.setattr(LatencyTable, "measure", classmethod(measure))
 
         def relative(net, slimmed, batch, repeats):
@@ -218,8 +216,44 @@ def test_prune_py_meets_a_latency_target_and_records_the_measured_latency(tmp_pa
     # the recorded figure is the final network's, as saved
     dense = ImageClassifier.load_from_checkpoint(digits_baseline, weights_only=True)
     example = dense.example_input_array
-    table = product_table(dense.net, example, 0.0)
-    table.network_seconds *= 1.2
+    table = product_table(dense.net, example, 0.2)
     final = ImageClassifier.load_from_checkpoint(tmp_path / "run" / "final.ckpt", weights_only=True).net
     assert results["latency_remaining"] == pytest.approx(1.1 * predicted_ratio(table, final, example), rel=1e-9)
     assert search_objective(results, "val_acc_finetuned", {"latency_remaining": 0.52}) == results["val_acc_finetuned"]
+
+
+def _latency_choice_under_ddp(rank: int, world_size: int) -> dict:
+    """Rank 0 "measures" the network 10% slower than the table predicts, rank 1 40% faster (as noisy timings might):
+    every process keeps rank 0's choice, and only rank 0 measures."""
+    import torch.distributed as dist
+
+    from infoprune.callbacks import ChannelPruning
+    from infoprune.callbacks import pruning as callback
+    from infoprune.pruning.metrics import InputL1
+
+    measured = []
+    LatencyTable.measure = classmethod(lambda cls, net, example, settings: product_table(net, example, 0.2))
+
+    def relative(net, slimmed, batch, repeats):
+        measured.append(rank)
+        table = product_table(net, batch[:1], 0.2)
+        return (1.1 if rank == 0 else 0.6) * predicted_ratio(table, slimmed, batch[:1])
+
+    callback.relative_latency = relative
+    net, example = small_net().eval(), torch.randn(1, 3, 12, 12)
+    layers = find_prunable_layers(net, example)
+    scores = {layer.name: torch.rand(layer.num_channels, generator=torch.Generator().manual_seed(rank))
+              for layer in layers}  # the ranks' own scores differ too
+    pruning = ChannelPruning(InputL1(), 0.5, scope="global", resource="latency")
+    keep = pruning.select(net, layers, scores, 0.5, example)
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, {"keep": {k: v.tolist() for k, v in keep.items()}, "measured": measured})
+    return {"keeps": [entry["keep"] for entry in everyone], "measured": [entry["measured"] for entry in everyone]}
+
+
+def test_under_ddp_the_first_process_measures_and_every_process_keeps_its_choice(tmp_path):
+    from tests.two_processes import rank_zero_result
+
+    result = rank_zero_result(_latency_choice_under_ddp, tmp_path)
+    assert result["keeps"][0] == result["keeps"][1]
+    assert result["measured"][0] and all(rank == 0 for rank in result["measured"][0]) and not result["measured"][1]
