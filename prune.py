@@ -13,13 +13,13 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from infoprune.pipeline import prune  # noqa: E402
-from infoprune.search import search_objective  # noqa: E402
+from infoprune.search import returned_value  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prune")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     """Runs the job; returns what a search maximises (``search.objective`` under ``search.constraints``)."""
-    return search_objective(prune(cfg), cfg.search.objective, cfg.search.constraints or {})
+    return returned_value(prune(cfg), cfg.search.objective, cfg.search.constraints or {})
 
 
 if __name__ == "__main__":

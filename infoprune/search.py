@@ -38,6 +38,13 @@ def search_objective(results: Mapping[str, Any], objective: str, constraints: Ma
     return -excess if excess > 0 else float(results[objective])
 
 
+def returned_value(results: Mapping[str, Any], objective: str, constraints: Mapping[str, float]) -> float | None:
+    """What ``prune.py`` returns to Hydra's sweeper: :func:`search_objective`, or None for a job whose record was
+    written before ``objective`` was recorded (a finished job read back by a rerun; Hydra's basic sweeper ignores the
+    value, and a search fails on it)."""
+    return search_objective(results, objective, constraints) if objective in results else None
+
+
 def search_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """The trials of a search (a multirun directory holding the sweeper's ``optimization_results.yaml``): for each
     finished job, its number, the overrides the sampler chose, its results and the value it returned

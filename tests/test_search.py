@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from infoprune.pipeline import prune
-from infoprune.search import search_objective, search_trials
+from infoprune.search import returned_value, search_objective, search_trials
 from infoprune.validation import ConfigError
 from tests.conftest import compose_config
 from tests.test_prune import QUICK, prune_py
@@ -28,6 +28,12 @@ def test_a_job_over_its_budget_returns_minus_its_largest_relative_excess():
     assert far < near < 0 <= search_objective({**RESULTS, "val_acc_finetuned": 0.0}, "val_acc_finetuned", {})
     with pytest.raises(KeyError, match="latency_remaining"):
         search_objective(RESULTS, "val_acc_finetuned", {"latency_remaining": 0.5})
+
+
+def test_a_record_from_before_the_objective_was_recorded_returns_nothing_to_a_plain_sweep():
+    older = {key: value for key, value in RESULTS.items() if key != "val_acc_finetuned"}
+    assert returned_value(older, "val_acc_finetuned", {}) is None
+    assert returned_value(RESULTS, "val_acc_finetuned", {"flops_remaining": 0.5}) == pytest.approx(-0.2)
 
 
 @pytest.mark.parametrize(("override", "key"), [
