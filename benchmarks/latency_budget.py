@@ -10,10 +10,11 @@ at the same measured latency?
    ``--digits-batch`` for timing), ``l1_in``, once under the latency budget and once under the FLOPs budget whose
    slimmed network measures the same latency (found by bisection on the FLOPs target), both fine-tuned alike from
    one cached baseline; the two final networks and the dense one are then timed side by side. The figure is the
-   fine-tuned test accuracy of the latency-selected network minus that of the FLOPs-selected one (points).
+   fine-tuned test accuracy of the latency-selected network minus that of the FLOPs-selected one (points), the mean
+   over ``--seeds`` paired by seed (each seed its own baseline).
 
     python -m benchmarks.latency_budget [--target 0.5] [--repeats 15] [--tv-size 224] [--tv-batch 8]
-        [--digits-width 1.0] [--digits-batch 256] [--epochs 0] [--skip-accuracy]
+        [--digits-width 1.0] [--digits-batch 256] [--epochs 0] [--seeds 0 1 2] [--skip-accuracy]
 
 Last line: JSON with ``latency_over_target_simplenet``, ``latency_over_target_resnet18``, ``latency_over_target``
 (the larger), the selection rounds of each, and ``acc_latency_vs_flops`` with both accuracies and measured
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 
 import torch
 
@@ -32,7 +34,13 @@ from infoprune.models.classifier import ImageClassifier, count_flops
 from infoprune.models.network import build_network
 from infoprune.pipeline import prune
 from infoprune.pruning.cost import PruningCost
-from infoprune.pruning.latency import LatencySettings, batch_of, interleaved_seconds, relative_latency
+from infoprune.pruning.latency import (
+    LatencySettings,
+    batch_of,
+    interleaved_seconds,
+    memory_format,
+    relative_latency,
+)
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1, score_group
 from infoprune.pruning.selection import select_global
@@ -84,10 +92,12 @@ def flops_target_at_latency(net: torch.nn.Module, example: torch.Tensor, latency
     return (low + high) / 2
 
 
-def accuracy_figures(args: argparse.Namespace) -> dict[str, float]:
-    out = scratch_dir("latency_budget-")
+def compare_at_equal_latency(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """One seed: the digits jobs under the latency budget and under the FLOPs budget of the same measured latency,
+    and the two final networks timed against the dense one, side by side."""
+    out = scratch_dir(f"latency_budget-{seed}-")
     common = [f"model.net.width={args.digits_width}", "pruning/metric=l1_in", "pruning/scope=global", "logger=none",
-              f"baseline_cache={out / 'baselines'}", f"latency_cache={out / 'latency'}"]
+              f"seed={seed}", f"baseline_cache={out / 'baselines'}", f"latency_cache={out / 'latency'}"]
     if args.epochs:
         common += [f"trainer.max_epochs={args.epochs}", f"finetune.max_epochs={args.epochs}"]
     latency_run = prune(compose("prune", common + [
@@ -96,7 +106,7 @@ def accuracy_figures(args: argparse.Namespace) -> dict[str, float]:
         f"pruning.scope.latency.repeats={args.repeats}"], out / "latency"))
     baseline = ImageClassifier.load_from_checkpoint(next((out / "baselines").glob("*.ckpt")), weights_only=True)
     dense, example = baseline.net.eval(), baseline.example_input_array
-    batch = batch_of(example, args.digits_batch)
+    batch = batch_of(example, args.digits_batch, memory_format(dense))
     flops_kept = flops_target_at_latency(dense, example, latency_run["latency_remaining"], batch, args.repeats)
     flops_run = prune(compose("prune", common + ["pruning.scope.resource=flops", f"pruning.target={1 - flops_kept}"],
                               out / "flops"))
@@ -105,18 +115,29 @@ def accuracy_figures(args: argparse.Namespace) -> dict[str, float]:
     seconds = interleaved_seconds({"dense": lambda: dense(batch), **{n: (lambda m=m: m(batch))
                                                                      for n, m in finals.items()}},
                                   2 * args.repeats, batch.device)
-    print(f"\ndigits SimpleNet width {args.digits_width}, batch {args.digits_batch}: latency budget "
-          f"{args.target:.2f} against FLOPs at the same measured latency")
-    print(f"{'budget':10s}{'FLOPs kept':>12s}{'latency kept':>14s}{'test acc':>10s}")
-    for name, run in (("latency", latency_run), ("flops", flops_run)):
-        print(f"{name:10s}{run['flops_remaining']:>12.3f}{seconds[name] / seconds['dense']:>14.3f}"
-              f"{run['acc_finetuned']:>10.2%}")
-    return {"acc_latency_vs_flops": round(100 * (latency_run["acc_finetuned"] - flops_run["acc_finetuned"]), 2),
-            "acc_latency_budget": latency_run["acc_finetuned"], "acc_flops_budget": flops_run["acc_finetuned"],
-            "latency_kept_latency_budget": round(seconds["latency"] / seconds["dense"], 4),
-            "latency_kept_flops_budget": round(seconds["flops"] / seconds["dense"], 4),
-            "flops_kept_latency_budget": round(latency_run["flops_remaining"], 4),
-            "flops_kept_flops_budget": round(flops_run["flops_remaining"], 4)}
+    runs = {"latency": latency_run, "flops": flops_run}
+    return {**{f"acc_{name}_budget": run["acc_finetuned"] for name, run in runs.items()},
+            **{f"latency_kept_{name}_budget": seconds[name] / seconds["dense"] for name in runs},
+            **{f"flops_kept_{name}_budget": run["flops_remaining"] for name, run in runs.items()},
+            "acc_baseline": latency_run["acc_baseline"]}
+
+
+def accuracy_figures(args: argparse.Namespace) -> dict[str, float]:
+    """:func:`compare_at_equal_latency` for every seed; the accuracy difference paired by seed (points)."""
+    per_seed = [compare_at_equal_latency(args, seed) for seed in args.seeds]
+    print(f"\ndigits SimpleNet width {args.digits_width}, batch {args.digits_batch}: latency budget {args.target:.2f} "
+          f"against FLOPs at the same measured latency, seeds {args.seeds}")
+    print(f"{'seed':>5s}{'baseline':>10s}{'budget':>9s}{'FLOPs kept':>12s}{'latency kept':>14s}{'test acc':>10s}")
+    for seed, row in zip(args.seeds, per_seed):
+        for name in ("latency", "flops"):
+            print(f"{seed:>5d}{row['acc_baseline']:>10.2%}{name:>9s}{row[f'flops_kept_{name}_budget']:>12.3f}"
+                  f"{row[f'latency_kept_{name}_budget']:>14.3f}{row[f'acc_{name}_budget']:>10.2%}")
+    gains = [100 * (row["acc_latency_budget"] - row["acc_flops_budget"]) for row in per_seed]
+    spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+    print(f"latency budget minus FLOPs budget: {statistics.mean(gains):+.2f} ± {spread:.2f} points (paired by seed)")
+    return {"acc_latency_vs_flops": round(statistics.mean(gains), 2), "acc_latency_vs_flops_std": round(spread, 2),
+            "acc_latency_vs_flops_per_seed": [round(g, 2) for g in gains],
+            **{key: round(statistics.mean(row[key] for row in per_seed), 4) for key in per_seed[0]}}
 
 
 def main() -> None:
@@ -131,6 +152,7 @@ def main() -> None:
     parser.add_argument("--digits-batch", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=0, help="baseline and fine-tuning epochs of the digits jobs "
                         "(0: the prune.py defaults)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the digits comparison")
     parser.add_argument("--skip-accuracy", action="store_true", help="only the latency_over_target figures")
     args = parser.parse_args()
     print(f"CPU {torch.get_num_threads()} threads, median of {args.repeats} timed passes per measurement")
