@@ -228,6 +228,9 @@ class ChannelPruning(ScheduledPruning):
             fresh module and callback): see :meth:`ScheduledPruning.setup`.
         round_to, overrides, exclude: layer-wise widths rounded up to a multiple; per-group amounts; groups left
             as they are (``exclude`` also for ``global``).
+        latency: ``pruning.latency.LatencySettings`` (or its fields as a dict) for ``resource="latency"``
+            (``global`` scope): ``amount`` of the network's latency measured on its device is removed
+            (:meth:`select_by_latency`); the result is in ``latency_record``.
     """
 
     def __init__(self, metric: ChannelScorer, amount: float = 0.5, scope: str = "layerwise", mode: str = "params",
