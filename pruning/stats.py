@@ -10,7 +10,8 @@ process that sees all of it.
 
 The network runs once: stage 1's forward pass also keeps every batch's pooled values (N x C float32 per layer),
 and the later stages replay those batches in the same order instead of running the network again, which gives the
-same numbers bit for bit. Memory is capped: a process that sees more than ``buffer_images`` images drops what it
+same numbers bit for bit (each replayed stage still opens the batches once, so that the global random state
+afterwards is the same too: a DataLoader iterator draws its seed from it). Memory is capped: a process that sees more than ``buffer_images`` images drops what it
 kept, and the later stages run the network again over the calibration batches (memory then independent of N).
 """
 from __future__ import annotations
@@ -170,6 +171,9 @@ def collect_statistics(
         stage, or every stage once the buffer overflowed) or from the kept batches."""
         nonlocal kept, kept_images
         if not first and kept is not None:
+            # start the pass as a forward pass would: a DataLoader iterator draws its seed from the global random
+            # generator, so the random state after the statistics does not depend on whether the network ran again
+            next(iter(batches()), None)
             for pooled, labels in kept:
                 for name, values in pooled.items():
                     visit(name, values, labels)

@@ -257,3 +257,13 @@ def test_one_forward_pass_gives_the_statistics_of_one_pass_per_stage_bit_for_bit
         for name, stats in results[2048].items():
             for field in ("edges", "counts", "abs_sum"):
                 assert torch.equal(getattr(stats, field), getattr(results[buffer][name], field)), (buffer, name)
+    # batches from a DataLoader, whose iterators draw from the global generator: the random state afterwards is the
+    # same whether the network ran once or once per stage, so what trains after the statistics is the same too
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=32)
+    states = []
+    for buffer in (2048, 0):
+        torch.manual_seed(1)
+        collect_statistics(net, layers, lambda: iter(loader), 4, bins=8, binning=binning, progress=False,
+                           buffer_images=buffer)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
