@@ -1,7 +1,7 @@
 """Run records: the small files that make a finished sweep reportable and resumable elsewhere.
 
 A finished job's record is its ``results.json`` with the ``config_resolved.yaml`` and ``overrides.yaml`` beside it
-(what :func:`infoprune.pruning.report.load_runs` reads, and what a rerun of the sweep recognises as done); a
+(what :func:`infoprune.report.load_runs` reads, and what a rerun of the sweep recognises as done); a
 finished baseline-cache entry is its ``baseline-<digest>.ckpt`` (weights only) with its training curve
 ``baseline-<digest>.json``; a sensitivity analysis's record is its ``sensitivity.csv`` (what
 ``pruning/scope=sensitivity`` reads). Checkpoints of jobs, logs and unfinished work (``*.partial``, ``*.lock``) are not

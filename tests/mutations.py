@@ -116,7 +116,7 @@ MUTATIONS = [
              "self.val_set, self.test_set = val, test",
              ("tests/test_datamodules.py::"
               "test_evaluation_order_is_a_fixed_mix_of_classes_even_when_files_are_sorted_by_class",)),
-    Mutation("report seeds column", "pruning/report.py",
+    Mutation("report seeds column", "infoprune/report/runs.py",
              'seeds=sorted({m.get("seed") for m in members}, key=str))', 'seeds=[m.get("seed") for m in members])',
              ("tests/test_report.py::test_seeds_column_counts_distinct_seeds_and_a_single_seed_shows_no_spread",)),
     Mutation("reported accuracies", P,

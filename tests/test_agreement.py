@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from infoprune.pruning.agreement import agreement_table, jaccard, kept_channels, parse_reference
-from infoprune.pruning.report import load_runs
 from infoprune.pruning.storage import save_channel_scores
+from infoprune.report.agreement import agreement_table, jaccard, kept_channels, parse_reference
+from infoprune.report.runs import load_runs
 
 
 def test_jaccard_and_kept_channels():

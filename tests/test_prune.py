@@ -27,9 +27,10 @@ from infoprune.pipeline import baseline_cache_file, prune, settings_digest
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import find_prunable_layers
-from infoprune.pruning.report import load_runs, write_report
 from infoprune.pruning.selection import keep_count, select_global
 from infoprune.pruning.storage import load_channel_scores
+from infoprune.report.page import write_report
+from infoprune.report.runs import load_runs
 from infoprune.training import train
 from infoprune.validation import ConfigError
 from tests.conftest import CONF, FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infoprune.pruning.report import load_runs
 from infoprune.records import copy_records, main, record_files
+from infoprune.report.runs import load_runs
 
 
 def write(path: Path, text: str) -> None:

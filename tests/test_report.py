@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from infoprune.pruning.report import (
-    aggregate,
-    bar_plot,
-    grouped_phases,
-    label,
-    load_runs,
-    markdown_table,
-    order_changes,
-    pairwise_tests,
-    plateau_gain,
-    write_report,
-)
+from infoprune.report.page import write_report
+from infoprune.report.plots import bar_plot
+from infoprune.report.runs import aggregate, grouped_phases, label, load_runs, plateau_gain
+from infoprune.report.stat_tests import order_changes, pairwise_tests
+from infoprune.report.tables import markdown_table
 
 ACC = {("mi", 0.5): [0.61, 0.65, 0.60], ("l1_out", 0.5): [0.70, 0.72, 0.69], ("mi", 0.7): [0.50, 0.52, 0.47],
        ("l1_out", 0.7): [0.58, 0.57, 0.60]}
@@ -56,7 +49,7 @@ def test_aggregate_over_directories_matches_numpy(tmp_path):
 def test_report_cli_writes_table_and_line_plot_to_out(tmp_path):
     dirs = write_sweeps(tmp_path)
     prefix = tmp_path / "docs" / "table"
-    result = subprocess.run([sys.executable, "-m", "infoprune.pruning.report", *map(str, dirs), "--out", str(prefix),
+    result = subprocess.run([sys.executable, "-m", "infoprune.report", *map(str, dirs), "--out", str(prefix),
                              "--metrics", "l1_out"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "docs" / "table.md").read_text()
@@ -74,7 +67,7 @@ def test_report_on_a_directory_without_runs_is_a_clear_error(tmp_path):
 
 
 def test_report_cli_names_the_metrics_present_instead_of_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "infoprune.pruning.report", *map(str, write_sweeps(tmp_path)), "--metrics",
+    result = subprocess.run([sys.executable, "-m", "infoprune.report", *map(str, write_sweeps(tmp_path)), "--metrics",
                              "wmi"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "['wmi']" in result.stderr and "['l1_out', 'mi']" in result.stderr
@@ -161,12 +154,11 @@ def test_tables_say_what_they_count_and_what_right_after_pruning_includes():
 
 
 def test_a_report_page_leads_with_its_question_and_the_command(tmp_path):
-    from infoprune.pruning.report import write_report
     page, _ = write_report(*write_sweeps(tmp_path), out=tmp_path / "page", question="Which criterion wins?",
-                           discussion="[main](main.md)", command="python -m infoprune.pruning.report x")
+                           discussion="[main](main.md)", command="python -m infoprune.report x")
     lines = page.read_text().splitlines()
     assert lines[0] == "# Which criterion wins?"
-    assert "discussion: [main](main.md)" in lines[2] and "`python -m infoprune.pruning.report x`" in lines[2]
+    assert "discussion: [main](main.md)" in lines[2] and "`python -m infoprune.report x`" in lines[2]
 
 
 def test_paired_differences_match_seed_by_seed_numpy(tmp_path):

@@ -50,7 +50,7 @@ def test_bad_search_settings_fail_before_any_work(override, key, tmp_path):
 
 
 def test_the_readme_optuna_search_runs_two_trials_and_reports_its_best(tmp_path, digits_baseline):
-    from infoprune.pruning.report import write_report
+    from infoprune.report.page import write_report
 
     sweep = tmp_path / "search"
     result = prune_py(["-m", "hparams_search=prune_budget", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",

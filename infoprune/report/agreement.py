@@ -3,7 +3,7 @@
 and seed, the reference setting) by the Jaccard index ``|A ∩ B| / |A ∪ B|``, averaged over layers; 1 means the
 same channels were chosen. The kept set of a layer is its ``k`` highest-scoring channels, ``k`` as in the run.
 
-    python -m infoprune.pruning.agreement logs/paper_cpu/calibration_* --by pruning.stats.bins pruning.stats.num_images \\
+    python -m infoprune.report.agreement logs/paper_cpu/calibration_* --by pruning.stats.bins pruning.stats.num_images \\
         --reference pruning.stats.num_images=5120
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from infoprune.pruning.report import load_runs
 from infoprune.pruning.storage import load_channel_scores
+from infoprune.report.runs import load_runs
 
 
 def kept_channels(scores: torch.Tensor, keep: int) -> set[int]:
