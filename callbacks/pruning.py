@@ -21,6 +21,7 @@ from infoprune.callbacks.cep import apply_connection_masks, make_permanent
 from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
 from infoprune.callbacks.distillation import frozen_copy
 from infoprune.io import atomic_save
+from infoprune.pruning.allocation import allocate_widths, read_table
 from infoprune.pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.latency import (
@@ -43,7 +44,6 @@ from infoprune.pruning.selection import (
     select_global,
     select_layerwise,
 )
-from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.slim import slim, slim_to_widths
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class ChannelPruning(ScheduledPruning):
             ``sensitivity``).
         scope, mode, resource, normalization, min_channels: as in ``pruning.selection``; ``sensitivity``: per-group
             widths chosen from the sensitivity table ``sensitivity`` (a CSV of ``python -m
-            infoprune.sensitivity``; ``pruning.sensitivity.allocate_widths``), one-shot schedules only.
+            infoprune.sensitivity``; ``pruning.allocation.allocate_widths``), one-shot schedules only.
         schedule: ``oneshot`` at ``start_epoch``; ``equal`` or ``agp`` steps from ``start_epoch`` to
             ``end_epoch`` (default: ``start_epoch``), ``steps`` of them.
         slim_epoch: physically slim the network at the start of this epoch (training goes on with the smaller

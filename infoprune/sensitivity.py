@@ -37,13 +37,13 @@ from infoprune.config import print_config_tree  # noqa: E402
 from infoprune.console import quiet_terminal  # noqa: E402
 from infoprune.io import save_figure  # noqa: E402
 from infoprune.pipeline import PruningRun  # noqa: E402
+from infoprune.pruning.allocation import read_rows, read_table, write_table  # noqa: E402
 from infoprune.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
 from infoprune.pruning.cep import ConnectionCriterion  # noqa: E402
 from infoprune.pruning.cost import PruningCost  # noqa: E402
 from infoprune.pruning.layers import find_prunable_layers  # noqa: E402
 from infoprune.pruning.masks import apply_channel_masks, removed_channels  # noqa: E402
 from infoprune.pruning.selection import keep_top_channels, layer_keep_count  # noqa: E402
-from infoprune.pruning.sensitivity import check_ratios, read_rows, read_table, write_table  # noqa: E402
 from infoprune.threads import apply_job_threads  # noqa: E402
 from infoprune.validation import (  # noqa: E402
     ConfigError,
@@ -56,6 +56,17 @@ from infoprune.validation import (  # noqa: E402
 )
 
 log = logging.getLogger(__name__)
+
+
+def check_ratios(ratios: list[float]) -> list[float]:
+    """Sorted, distinct ratios, each in (0, 1), or a ``ValueError`` naming the bad one."""
+    if not ratios:
+        raise ValueError("sensitivity.ratios is empty")
+    for ratio in ratios:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+            raise ValueError(f"sensitivity ratios must be in (0, 1), got {ratio!r}")
+    return sorted({float(r) for r in ratios})
+
 
 
 def check_sensitivity(cfg: DictConfig) -> tuple[Any, list[float], list[str] | None]:

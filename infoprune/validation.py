@@ -19,6 +19,7 @@ from infoprune.builders import build_datamodule, build_model, first_line, source
 from infoprune.callbacks.pruning import RESOURCES, SCOPES
 from infoprune.datamodules.base import ImageDataModule
 from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.allocation import allocate_widths, read_table
 from infoprune.pruning.cep import THRESHOLDS, ConnectionCriterion, prunable_weights
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.latency import LatencyCost, LatencySettings, LatencyTable
@@ -26,7 +27,6 @@ from infoprune.pruning.layers import TAP_POINTS, find_prunable_layers
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.schedule import SCHEDULES
 from infoprune.pruning.selection import LAYERWISE_MODES, NORMALIZATIONS, select_global
-from infoprune.pruning.sensitivity import allocate_widths, read_table
 from infoprune.pruning.stats import BINNINGS
 from infoprune.search import CONSTRAINTS, OBJECTIVES
 

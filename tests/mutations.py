@@ -127,7 +127,7 @@ MUTATIONS = [
              "graph = torch.nn.Sequential(Preprocessed(net, preprocessing) if bake else net,"
              " torch.nn.Softmax(1)).eval()",
              ("tests/test_pruning.py::test_export_torchscript_and_onnx",)),
-    Mutation("sensitivity allocation", "pruning/sensitivity.py",
+    Mutation("sensitivity allocation", "pruning/allocation.py",
              "if best is None or key < best[0]:", "if best is None or key > best[0]:",
              ("tests/test_sensitivity.py::"
               "test_allocation_takes_the_cheapest_loss_per_parameter_first_and_stops_at_the_target",)),

@@ -9,12 +9,12 @@ from torchvision.models.resnet import Bottleneck
 
 from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.pruning.allocation import SensitivityTable, allocate_widths
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.masks import removed_channels
 from infoprune.pruning.metrics import RandomScore, output_l1
 from infoprune.pruning.selection import keep_top_channels, select_global, select_layerwise
-from infoprune.pruning.sensitivity import SensitivityTable, allocate_widths
 from infoprune.pruning.slim import slim
 from tests.test_any_network import assert_masked_equals_slimmed
 from tests.test_pruning import randomized

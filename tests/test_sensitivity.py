@@ -13,9 +13,7 @@ import torch
 from infoprune.builders import build_model
 from infoprune.models import SimpleNet
 from infoprune.pipeline import prune
-from infoprune.pruning.cost import PruningCost
-from infoprune.pruning.layers import find_prunable_layers
-from infoprune.pruning.sensitivity import (
+from infoprune.pruning.allocation import (
     SensitivityTable,
     allocate_widths,
     read_rows,
@@ -23,6 +21,8 @@ from infoprune.pruning.sensitivity import (
     removal_order,
     write_table,
 )
+from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.layers import find_prunable_layers
 from infoprune.sensitivity import MergeSensitivity, SensitivityRun, check_sensitivity, save_sensitivity, sensitivity
 from infoprune.validation import ConfigError
 from tests.conftest import FAST, ROOT, compose_config

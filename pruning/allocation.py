@@ -1,5 +1,5 @@
-"""Per-layer sensitivity: the accuracy of the network with one channel group pruned at a time, and the per-group
-amounts a global budget gets from it.
+"""Per-group widths for a network-wide budget from a sensitivity table: the accuracy of the network with one
+channel group pruned at a time (measured by ``python -m infoprune.sensitivity``).
 
 A sensitivity table (``sensitivity.csv``, written by ``python -m infoprune.sensitivity``) has one row per group
 and amount: ``layer, ratio, channels, channels_kept, params_removed, flops_removed, acc, baseline_acc, metric``
