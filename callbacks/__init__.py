@@ -1,8 +1,10 @@
 """Lightning callbacks: when, inside a Trainer, statistics are collected, channels scored, masked and slimmed."""
-from infoprune.callbacks.channel_scores import ChannelScoring, StatisticsSettings
+from infoprune.callbacks.calibration import StatisticsSettings
+from infoprune.callbacks.cep import ConnectionPruning
+from infoprune.callbacks.channel_scores import ChannelScoring
 from infoprune.callbacks.distillation import KnowledgeDistillation
 from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
-from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_slimmed
+from infoprune.callbacks.pruning import ChannelPruning, load_slimmed
 
 __all__ = ["ChannelMasking", "ChannelPruning", "ChannelScoring", "ConnectionPruning", "KnowledgeDistillation",
            "StatisticsSettings", "load_slimmed", "save_weights_checkpoint", "slim_classifier"]

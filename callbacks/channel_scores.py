@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from infoprune.callbacks.calibration import CalibratedCallback, StatisticsSettings
 from infoprune.pruning.feature_stats import ChannelAverages, collect_channel_averages
 from infoprune.pruning.gradients import calibration_gradients
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
@@ -18,20 +19,6 @@ from infoprune.pruning.storage import save_channel_scores
 
 log = logging.getLogger(__name__)
 Statistics = LayerStatistics | ChannelAverages
-
-
-@dataclass
-class StatisticsSettings:
-    """How feature-map statistics are gathered (see ``pruning.stats.collect_statistics``)."""
-
-    tap: str = "act"
-    bins: int = 32
-    binning: str = "width"
-    num_images: int = 1280
-    batch_size: int = 256
-    seed: int = 0
-    fine_bins: int = 2048
-    buffer_images: int = 2048
 
 
 def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: ChannelScorer, batches: Batches | None,
@@ -55,23 +42,26 @@ def score_channels(net: torch.nn.Module, layers: list[PrunableLayer], metric: Ch
             return {layer.name: score_group(metric, layer, stats, group_reduction) for layer in layers}, stats
 
 
-class ChannelScoring(pl.Callback):
+class ChannelScoring(CalibratedCallback):
     """Scores every prunable channel when fitting starts (``stage="fit"``, before the first training step) or when
     a ``trainer.validate`` run starts (``stage="validate"``, what ``prune.py`` uses), and saves the scores and
     statistics to ``save_dir/channel_scores.pt`` (format: ``pruning.storage``). The result stays available as
     ``self.scores`` / ``self.statistics``. ``group_reduction`` combines the members' scores of a channel group
-    (``mean``, ``sum`` or ``max`` of layer-normalised scores)."""
+    (``mean``, ``sum`` or ``max`` of layer-normalised scores). The network, its example input and the calibration
+    images are found as :class:`~infoprune.callbacks.calibration.CalibratedCallback` says (``network``,
+    ``stats``, ``calibration_dataloader``). ``ChannelPruning`` scores through this class too."""
 
     STAGES = ("fit", "validate")
 
     def __init__(self, metric: ChannelScorer, stats: dict | None = None, save_dir: str | None = None,
-                 stage: str = "fit", group_reduction: str = "mean") -> None:
+                 stage: str = "fit", group_reduction: str = "mean", network: str | None = None,
+                 calibration_dataloader=None) -> None:
         if stage not in self.STAGES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {self.STAGES}")
         if group_reduction not in GROUP_REDUCTIONS:
             raise ValueError(f"unknown group reduction {group_reduction!r}; choose one of {GROUP_REDUCTIONS}")
+        super().__init__(network, stats, calibration_dataloader)
         self.metric, self.stage, self.group_reduction = metric, stage, group_reduction
-        self.settings = StatisticsSettings(**(stats or {}))
         self.save_dir = Path(save_dir) if save_dir else None
         self.scores: dict[str, torch.Tensor] | None = None
         self.statistics: dict[str, Statistics] | None = None
@@ -84,17 +74,17 @@ class ChannelScoring(pl.Callback):
         if self.stage == "validate" and trainer.state.fn == "validate":
             self.compute(trainer, pl_module)
 
-    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Collect, score and save (rank 0 writes the file)."""
-        net, settings, datamodule = pl_module.net, self.settings, trainer.datamodule
-        layers = find_prunable_layers(net, pl_module.example_input_array.to(pl_module.device))
-        batches = datamodule.calibration_batches(settings.num_images, settings.batch_size, settings.seed,
-                                                 pl_module.device, trainer.global_rank, trainer.world_size
-                                                 ) if self.metric.needs_data else None
-        self.scores, self.statistics = score_channels(net, layers, self.metric, batches, datamodule.num_classes,
-                                                      settings, self.group_reduction,
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """Collect, score and save (rank 0 writes the file); the scores of every channel group."""
+        net = self.net(pl_module)
+        layers = find_prunable_layers(net, self.example(pl_module))
+        batches = self.calibration(trainer, pl_module) if self.metric.needs_data else None
+        num_classes = self.num_classes(trainer, pl_module)
+        self.scores, self.statistics = score_channels(net, layers, self.metric, batches, num_classes, self.settings,
+                                                      self.group_reduction,
                                                       progress=trainer.progress_bar_callback is not None)
         if self.save_dir is not None and trainer.is_global_zero:
             path = save_channel_scores(self.save_dir / "channel_scores.pt", self.metric.name, self.scores,
-                                       self.statistics, asdict(self.settings), trainer.datamodule.num_classes)
+                                       self.statistics, asdict(self.settings), num_classes)
             log.info("channel scores (%s) saved to %s", self.metric.name, path)
+        return self.scores

@@ -1,15 +1,14 @@
-"""Pruning as Lightning callbacks for any LightningModule and DataModule, on a schedule of epochs.
+"""Channel pruning as a Lightning callback for any LightningModule and DataModule, on a schedule of epochs.
 
-``ChannelPruning`` scores channel groups, keeps removed channels at zero with masks while training goes on, and
-physically slims the network (mid-fit, with the optimizer and the DDP wrapper rebuilt, or at the end of fit), then
-saves a network that reloads without knowing its widths. ``ConnectionPruning`` masks single weights by CEP, HCEP or
-magnitude and makes the masks permanent at the end of fit."""
+``ChannelPruning`` scores channel groups (through ``ChannelScoring``), keeps removed channels at zero with masks
+while training goes on, and physically slims the network (mid-fit, with the optimizer and the DDP wrapper rebuilt,
+or at the end of fit), then saves a network that reloads without knowing its widths. ``prune.py`` selects and slims
+through the same object. (Connection pruning: ``callbacks.cep.ConnectionPruning``.)"""
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -17,13 +16,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from infoprune.callbacks.cep import apply_connection_masks, make_permanent
-from infoprune.callbacks.channel_scores import StatisticsSettings, score_channels
+from infoprune.callbacks.channel_scores import ChannelScoring
 from infoprune.callbacks.distillation import frozen_copy
+from infoprune.callbacks.scheduled import ScheduledPruning
 from infoprune.io import atomic_save
 from infoprune.pruning.allocation import allocate_widths, read_table
-from infoprune.pruning.cep import ConnectionCriterion, connection_masks, prunable_weights
 from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.distributed import broadcast_from_first, is_first_process
 from infoprune.pruning.latency import (
     LatencyCost,
     LatencySettings,
@@ -39,7 +38,6 @@ from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
 from infoprune.pruning.selection import (
     LAYERWISE_MODES,
-    check_amount,
     keep_top_channels,
     select_global,
     select_layerwise,
@@ -48,152 +46,8 @@ from infoprune.pruning.slim import slim, slim_to_widths
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("oneshot", "equal", "agp")
 SCOPES = ("layerwise", "global", "sensitivity")
 RESOURCES = ("params", "flops", "latency")
-
-
-def is_first_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-        torch.distributed.get_rank() == 0
-
-
-def broadcast_from_first(value: object) -> object:
-    """The first process's ``value`` on every process (``value`` itself outside a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    holder = [value]
-    torch.distributed.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
-    """``(epoch, cumulative amount)`` of every pruning step, the amount a fraction of the original network.
-
-    ``oneshot``: ``amount`` at ``start_epoch``. ``equal``: ``amount * k / n`` and ``agp`` (Zhu & Gupta 2017):
-    ``amount * (1 - (1 - k / n)^3)`` for ``k = 1 .. n``, at epochs spread evenly from ``start_epoch`` to
-    ``end_epoch`` (the target is reached at ``end_epoch``).
-    """
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
-    if kind == "oneshot":
-        return [(start_epoch, amount)]
-    if steps < 1:
-        raise ValueError(f"a {kind} schedule needs at least one step, got steps={steps}")
-    if end_epoch < start_epoch:
-        raise ValueError(f"end_epoch {end_epoch} is before start_epoch {start_epoch}")
-    span = end_epoch - start_epoch
-    epochs = [start_epoch + round(span * k / (steps - 1)) if steps > 1 else end_epoch for k in range(steps)]
-    fraction = (lambda k: k / steps) if kind == "equal" else (lambda k: 1.0 - (1.0 - k / steps) ** 3)
-    return [(epoch, amount * fraction(k + 1)) for k, epoch in enumerate(epochs)]
-
-
-class ScheduledPruning(pl.Callback):
-    """What the pruning callbacks share: the network (the whole LightningModule or the submodule ``network``), its
-    example input, calibration images, and a schedule of ``(epoch, cumulative amount)`` steps checked against the
-    fit before any training step. Subclasses implement ``prune_step`` and ``finish``."""
-
-    def __init__(self, amount: float, schedule: str, start_epoch: int, end_epoch: int | None, steps: int,
-                 network: str | None, stats: dict | None, calibration_dataloader: DataLoader | None) -> None:
-        check_amount(amount)
-        self.steps = schedule_steps(schedule, amount, start_epoch,
-                                    start_epoch if end_epoch is None else end_epoch, steps)
-        self.network = network
-        self.settings = StatisticsSettings(**(stats or {}))
-        self.calibration_dataloader = calibration_dataloader
-        self._example: torch.Tensor | None = None
-
-    # -- what is pruned -------------------------------------------------------------------------------------------
-    def net(self, pl_module: pl.LightningModule) -> nn.Module:
-        if self.network is None:
-            return pl_module
-        net = getattr(pl_module, self.network, None)
-        if not isinstance(net, nn.Module):
-            raise AttributeError(f"{type(self).__name__}(network={self.network!r}): {type(pl_module).__name__} has no "
-                                 f"submodule of that name; its children are {[n for n, _ in pl_module.named_children()]}")
-        return net
-
-    def example(self, pl_module: pl.LightningModule) -> torch.Tensor:
-        if self._example is None:
-            given = getattr(pl_module, "example_input_array", None)
-            if not isinstance(given, torch.Tensor):
-                given = next(iter(self._calibration(pl_module.trainer, pl_module)()))[0][:1]
-            self._example = given
-        return self._example.to(pl_module.device)
-
-    # -- calibration images ---------------------------------------------------------------------------------------
-    def _calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        """``batches()`` yielding ``(images, labels)`` on the module's device, this process's share."""
-        datamodule = getattr(trainer, "datamodule", None)
-        s = self.settings
-        if self.calibration_dataloader is None and hasattr(datamodule, "calibration_batches"):
-            return datamodule.calibration_batches(s.num_images, s.batch_size, s.seed, pl_module.device,
-                                                  trainer.global_rank, trainer.world_size)
-        loader = self.calibration_dataloader or trainer.train_dataloader
-        if loader is None:
-            raise ValueError(f"{type(self).__name__} found no calibration images: give calibration_dataloader")
-        dataset = loader.dataset
-        count = min(s.num_images, len(dataset))
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(s.seed))[:count]
-        share = order[trainer.global_rank::trainer.world_size].tolist()
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            subset = DataLoader(dataset, batch_size=s.batch_size, sampler=share, collate_fn=loader.collate_fn)
-            for batch in subset:
-                images, labels = trainer.strategy.batch_to_device(batch)[:2]
-                yield images, labels
-
-        return batches
-
-    # -- resuming an interrupted fit ------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Let a fit resume from a checkpoint written after pruning: Lightning calls the module's
-        ``on_load_checkpoint`` just before it loads the checkpoint's weights, so that hook is wrapped to give the
-        network the checkpoint's pruned form first (:meth:`restore_form`)."""
-        hook = wrapped = pl_module.on_load_checkpoint
-        while hasattr(wrapped, "restores_state_of"):  # wrapped before (an earlier fit of this module)
-            if wrapped.restores_state_of == self.state_key:
-                return
-            wrapped = wrapped.__wrapped__
-        if stage != "fit":
-            return
-
-        def on_load_checkpoint(checkpoint: dict) -> None:
-            saved = (checkpoint.get("callbacks") or {}).get(self.state_key)
-            if saved:
-                self.restore_form(pl_module, checkpoint, saved)
-            hook(checkpoint)
-
-        on_load_checkpoint.restores_state_of, on_load_checkpoint.__wrapped__ = self.state_key, hook
-        pl_module.on_load_checkpoint = on_load_checkpoint
-
-    def restore_form(self, pl_module: pl.LightningModule, checkpoint: dict, saved: dict) -> None:
-        """Give the network the shape (or masks) that the weights in ``checkpoint`` have; ``saved``: this
-        callback's ``state_dict`` in it."""
-        raise NotImplementedError
-
-    # -- the schedule ---------------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check the settings against this fit before any training step."""
-        self.net(pl_module)
-        last = max(epoch for epoch, _ in self.steps)
-        if trainer.max_epochs is not None and trainer.max_epochs >= 0 and last >= trainer.max_epochs:
-            raise ValueError(f"{type(self).__name__}'s last step is at epoch {last}, but the fit stops after "
-                             f"max_epochs={trainer.max_epochs} (epochs 0 .. {trainer.max_epochs - 1})")
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for step_epoch, amount in self.steps:
-            if step_epoch == trainer.current_epoch:
-                self.prune_step(trainer, pl_module, amount)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.finish(trainer, pl_module)
-
-    def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
-        raise NotImplementedError
-
-    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        raise NotImplementedError
 
 
 class ChannelPruning(ScheduledPruning):
@@ -260,6 +114,8 @@ class ChannelPruning(ScheduledPruning):
         self.slim_epoch, self.save_path = slim_epoch, save_path
         self.round_to, self.overrides, self.exclude = round_to, dict(overrides or {}), list(exclude or [])
         self.sensitivity = sensitivity
+        self.scoring = ChannelScoring(metric, stats, group_reduction=group_reduction, network=network,
+                                      calibration_dataloader=calibration_dataloader)
         self.latency = latency if isinstance(latency, LatencySettings) else LatencySettings(**(latency or {}))
         #: the latency selection's target, measured ratio and rounds (resource ``latency``)
         self.latency_record: dict | None = None
@@ -309,9 +165,7 @@ class ChannelPruning(ScheduledPruning):
         steps stay removed) and mask."""
         net = self.net(pl_module)
         self._layers = layers = self.layers(pl_module)
-        batches = self._calibration(trainer, pl_module) if self.metric.needs_data else None
-        self.scores, _ = score_channels(net, layers, self.metric, batches, self._num_classes(pl_module, trainer),
-                                        self.settings, self.group_reduction)
+        self.scores = self.scoring.compute(trainer, pl_module)
         removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
         self.keep = self.select(net, layers, self.scores, amount, self.example(pl_module), removed=removed)
         apply_channel_masks(layers, self.keep)
@@ -373,13 +227,6 @@ class ChannelPruning(ScheduledPruning):
                  measured, target, len(rounds))
         return broadcast_from_first(keep)
 
-    def _num_classes(self, pl_module: pl.LightningModule, trainer: pl.Trainer) -> int:
-        for source in (getattr(trainer, "datamodule", None), pl_module):
-            if getattr(source, "num_classes", None):
-                return int(source.num_classes)
-        with torch.no_grad():
-            return int(self.net(pl_module).eval()(self.example(pl_module)).shape[-1])
-
     # -- slimming -------------------------------------------------------------------------------------------------
     def slim_now(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule,
                  keep: dict[str, torch.Tensor] | None = None) -> None:
@@ -429,65 +276,6 @@ class ChannelPruning(ScheduledPruning):
             pl_module.hparams["structure"] = dict(self.structure)
 
 
-class ConnectionPruning(ScheduledPruning):
-    """Prune single connections (weights) of a LightningModule's conv and linear layers while it trains.
-
-    Each step computes ``criterion``'s error of every connection (CEP and HCEP on calibration images, found as for
-    ``ChannelPruning``; magnitude without data) and masks the connections to the step's density (``1 - amount``
-    of all connections, removed ones staying removed) through ``torch.nn.utils.prune``, whose forward hook keeps
-    them at zero while training goes on (the parameters stay the same objects: the optimizer and DDP need nothing).
-    At the end of fit the masks are folded into the weights and ``save_path`` gets the network's state dict.
-
-    Args:
-        criterion: a ``pruning.cep.ConnectionCriterion`` (``cep``, ``magnitude``, ``lamp``, ``snip``;
-            ``hcep_fraction`` > 0: HCEP).
-        amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader: as for
-            ``ChannelPruning``.
-        exclude_layers: conv/linear layers (by name in the network) left dense.
-    """
-
-    def __init__(self, criterion: ConnectionCriterion, amount: float = 0.5, schedule: str = "oneshot",
-                 start_epoch: int = 0, end_epoch: int | None = None, steps: int = 1, network: str | None = None,
-                 stats: dict | None = None, exclude_layers: list[str] | None = None,
-                 calibration_dataloader: DataLoader | None = None, save_path: str | None = None) -> None:
-        super().__init__(amount, schedule, start_epoch, end_epoch, steps, network, stats, calibration_dataloader)
-        self.criterion, self.exclude_layers, self.save_path = criterion, list(exclude_layers or []), save_path
-        self.masks: dict[str, torch.Tensor] | None = None
-        self._layers: dict[str, nn.Module] | None = None
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        self._layers = prunable_weights(self.net(pl_module), self.exclude_layers)
-
-    def state_dict(self) -> dict:
-        return {"masked": self.masks is not None}
-
-    def restore_form(self, pl_module: pl.LightningModule, checkpoint: dict, saved: dict) -> None:
-        """Mask the connections that the checkpoint's masks (``<layer>.weight_mask``) remove, so its masked
-        weights load, and later steps keep them removed."""
-        prefix = f"{self.network}." if self.network else ""
-        layers = prunable_weights(self.net(pl_module), self.exclude_layers)
-        masks = {n: checkpoint["state_dict"].get(f"{prefix}{n}.weight_mask") for n in layers}
-        if saved.get("masked") and all(mask is not None for mask in masks.values()):
-            self.masks = {n: mask.bool() for n, mask in masks.items()}
-            apply_connection_masks(layers, self.masks)
-
-    def prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, amount: float) -> None:
-        batches = self._calibration(trainer, pl_module) if self.criterion.needs_data else None
-        with torch.inference_mode(False):
-            errors = {n: e.cpu() for n, e in self.criterion.errors(self.net(pl_module), self._layers, batches).items()}
-        self.masks = connection_masks(errors, 1.0 - amount, self.criterion.hcep_fraction, previous=self.masks,
-                                      threshold=self.criterion.threshold)
-        apply_connection_masks(self._layers, self.masks)
-        log.info("ConnectionPruning: epoch %d, %.1f%% of the connections removed", trainer.current_epoch,
-                 100 * amount)
-
-    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.masks is None:
-            return
-        make_permanent(self._layers)
-        if self.save_path and trainer.is_global_zero:
-            atomic_save({"state_dict": pl_module.state_dict(), "network": self.network}, Path(self.save_path))
 
 
 def load_slimmed(module: nn.Module, path: str | Path) -> nn.Module:

@@ -26,3 +26,16 @@ def barrier() -> None:
     """Wait until every process gets here."""
     if is_distributed():
         dist.barrier()
+
+
+def is_first_process() -> bool:
+    return rank_and_world_size()[0] == 0
+
+
+def broadcast_from_first(value: object) -> object:
+    """The first process's ``value`` on every process (``value`` itself outside a process group)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infoprune import pipeline  # noqa: E402
+from infoprune import job, pipeline  # noqa: E402
 from infoprune.callbacks.pruning import ChannelPruning  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 
@@ -47,9 +47,11 @@ def die_in_fit(phase: str, epoch: int) -> None:
 
 
 def die_before_writing(name: str) -> None:
-    """The pipeline's text writes kill the process when they reach the file called ``name``."""
-    write = pipeline.atomic_write_text
-    pipeline.atomic_write_text = lambda path, text: die() if Path(path).name == name else write(path, text)
+    """The job's text writes kill the process when they reach the file called ``name``."""
+    for module in (job, pipeline):
+        write = module.atomic_write_text
+        module.atomic_write_text = (lambda write: lambda path, text: die() if Path(path).name == name
+                                    else write(path, text))(write)
 
 
 def die_at_call(owner: type, name: str, call: int) -> None:

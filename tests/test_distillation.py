@@ -122,16 +122,16 @@ def test_a_resumed_fit_without_a_teacher_is_refused(tmp_path):
 
 def test_prune_py_distils_from_the_unpruned_baseline_and_resumes_with_it(tmp_path, digits_baseline, monkeypatch):
     baseline = digits_baseline
-    from infoprune import pipeline
+    from infoprune import job
 
     teachers = []
-    original = pipeline.KnowledgeDistillation
+    original = job.KnowledgeDistillation
 
     def recording(*args, **kwargs):
         teachers.append(kwargs["teacher"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "KnowledgeDistillation", recording)
+    monkeypatch.setattr(job, "KnowledgeDistillation", recording)
     overrides = [f"ckpt_path={baseline}", "pruning/metric=l1_in", "pruning.target=0.5", "finetune.max_epochs=3",
                  "finetune.distill.alpha=0.7", "finetune.distill.temperature=2.0", "logger=csv"]
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -149,7 +149,7 @@ def test_prune_py_distils_from_the_unpruned_baseline_and_resumes_with_it(tmp_pat
 def test_distillation_off_keeps_the_settings_digest_of_runs_recorded_before_it(make_cfg):
     from omegaconf import open_dict
 
-    from infoprune.pipeline import settings_digest
+    from infoprune.run_identity import settings_digest
 
     with_setting = make_cfg([], name="prune")
     without = make_cfg([], name="prune")

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from infoprune.callbacks.pruning import ChannelPruning, ConnectionPruning, load_slimmed, schedule_steps
+from infoprune.callbacks.cep import ConnectionPruning
+from infoprune.callbacks.pruning import ChannelPruning, load_slimmed
+from infoprune.callbacks.scheduled import schedule_steps
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
 from infoprune.pruning.selection import keep_count

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models.classifier import ImageClassifier
-from infoprune.pipeline import baseline_cache_file, prune, settings_digest
+from infoprune.pipeline import prune
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import find_prunable_layers
@@ -31,6 +31,7 @@ from infoprune.pruning.selection import keep_count, select_global
 from infoprune.pruning.storage import load_channel_scores
 from infoprune.report.page import write_report
 from infoprune.report.runs import load_runs
+from infoprune.run_identity import baseline_cache_file, settings_digest
 from infoprune.training import train
 from infoprune.validation import ConfigError
 from tests.conftest import CONF, FAST, ROOT, RecordEpochs, compose_config, digits_test_accuracy

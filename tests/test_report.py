@@ -142,8 +142,8 @@ def test_connection_runs_from_before_the_scope_named_the_threshold_rule_get_it_f
 
 
 def test_tables_say_what_they_count_and_what_right_after_pruning_includes():
-    from infoprune.pipeline import pruned_row_label
     from infoprune.pruning.summary import PruningSummary
+    from infoprune.results import pruned_row_label
     table = PruningSummary({"fc": 100}, {"fc": 16}, 100, 16, 200, 32, unit="weights").table()
     assert table.title == "Connection pruning" and table.columns[1].header == "weights before"
     assert PruningSummary({"c": 8}, {"c": 4}, 10, 5, 20, 10).table().title == "Channel pruning"
