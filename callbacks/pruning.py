@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from infoprune.callbacks.channel_scores import ChannelScoring
 from infoprune.callbacks.distillation import frozen_copy
+from infoprune.callbacks.masking import ChannelMasking
 from infoprune.callbacks.scheduled import ScheduledPruning
 from infoprune.io import atomic_save
 from infoprune.pruning.allocation import allocate_widths, read_table
@@ -33,7 +34,7 @@ from infoprune.pruning.latency import (
     select_by_latency,
 )
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
-from infoprune.pruning.masks import apply_channel_masks, removed_channels
+from infoprune.pruning.masks import removed_channels
 from infoprune.pruning.metrics import GROUP_REDUCTIONS, ChannelScorer
 from infoprune.pruning.optim_state import carry_optimizer, surviving_indices
 from infoprune.pruning.selection import (
@@ -121,6 +122,7 @@ class ChannelPruning(ScheduledPruning):
         self.latency_record: dict | None = None
         self.allocated: dict[str, int] | None = None  # per-group widths the sensitivity scope chose
         self.keep: dict[str, torch.Tensor] | None = None
+        self.masking: ChannelMasking | None = None  # holds the last step's masks until slimming
         self.scores: dict[str, torch.Tensor] | None = None
         self.structure: dict[str, int] | None = None
 
@@ -140,8 +142,8 @@ class ChannelPruning(ScheduledPruning):
         if not layers:
             raise ValueError(f"{type(self.net(pl_module)).__name__} has no prunable channel group")
         if self.keep is not None and self.structure is None:
-            self._layers = layers
-            apply_channel_masks(layers, self.keep)
+            self.masking = ChannelMasking(self.keep, self.network, layers)
+            self.masking.apply(pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.slim_epoch == trainer.current_epoch and self.structure is None:
@@ -149,8 +151,8 @@ class ChannelPruning(ScheduledPruning):
         super().on_train_epoch_start(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.keep is not None and self.structure is None:
-            apply_channel_masks(self._layers, self.keep)
+        if self.masking is not None and self.structure is None:
+            self.masking.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.keep is not None and self.structure is None:
@@ -164,11 +166,12 @@ class ChannelPruning(ScheduledPruning):
         """Score every channel group, select to ``amount`` of the original network (channels removed by earlier
         steps stay removed) and mask."""
         net = self.net(pl_module)
-        self._layers = layers = self.layers(pl_module)
+        layers = self.layers(pl_module)
         self.scores = self.scoring.compute(trainer, pl_module)
         removed = {layer.name: removed_channels(layer, self.keep[layer.name]) for layer in layers} if self.keep else {}
         self.keep = self.select(net, layers, self.scores, amount, self.example(pl_module), removed=removed)
-        apply_channel_masks(layers, self.keep)
+        self.masking = ChannelMasking(self.keep, self.network, layers)
+        self.masking.apply(pl_module)
         log.info("ChannelPruning: epoch %d, %.1f%% pruned (%s)", trainer.current_epoch, 100 * amount,
                  {name: len(k) for name, k in self.keep.items()})
 

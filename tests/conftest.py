@@ -147,3 +147,12 @@ def mi_by_hand(counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndar
         out.append(sum(w[b] * p[b, y] * np.log(p[b, y] / (pb[b] * py[y]))
                        for b in range(p.shape[0]) for y in range(p.shape[1]) if p[b, y] > 0))
     return np.array(out)
+
+
+def slim_classifier(module, keep: dict) -> None:
+    """Slim ``module.net`` to the channels in ``keep`` through ``ChannelPruning``'s slimming, as ``prune.py`` does
+    (the new widths recorded in the module's ``structure`` hyperparameter)."""
+    from infoprune.callbacks.pruning import ChannelPruning
+    from infoprune.pruning.metrics import InputL1
+
+    ChannelPruning(InputL1(), network="net").slim_now(None, module, keep)

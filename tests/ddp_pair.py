@@ -24,7 +24,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import BASELINE_TRAINING, FAST, compose_config  # noqa: E402
+from tests.conftest import BASELINE_TRAINING, FAST, compose_config, slim_classifier  # noqa: E402
 
 #: train.py with the ChannelScoring callback on one training batch: scores from 999 images sharded over the ranks
 SCORES_RUN = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", "test=false",
@@ -77,7 +77,7 @@ def masked_fine_tune(out: Path, rank: int, world_size: int, baseline: str) -> No
     the digits test images."""
     import pytorch_lightning as pl
 
-    from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint, slim_classifier
+    from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint
     from infoprune.datamodules import DigitsDataModule
     from infoprune.models.classifier import ImageClassifier
     from infoprune.pruning.layers import find_prunable_layers
@@ -89,7 +89,7 @@ def masked_fine_tune(out: Path, rank: int, world_size: int, baseline: str) -> No
     layers = find_prunable_layers(module.net, module.example_input_array)
     keep = select_layerwise({layer.name: InputL1()(layer) for layer in layers}, layers, 0.5)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=world_size, strategy="ddp", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep)])
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[ChannelMasking(keep, network="net")])
     trainer.fit(module, datamodule=DigitsDataModule())
     if rank == 0:
         (out / "masked.json").write_text(json.dumps({"masks_zero": bool(masked_channels_are_zero(layers, keep)),
@@ -110,7 +110,6 @@ def distilled_fine_tune(out: Path, rank: int, world_size: int, baseline: str) ->
     import pytorch_lightning as pl
 
     from infoprune.callbacks.distillation import KnowledgeDistillation, frozen_copy
-    from infoprune.callbacks.masking import slim_classifier
     from infoprune.datamodules import DigitsDataModule
     from infoprune.models.classifier import ImageClassifier
     from infoprune.pruning.layers import find_prunable_layers

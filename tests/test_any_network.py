@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models import CifarResNet
 from infoprune.models.classifier import ImageClassifier, count_flops
@@ -23,6 +23,7 @@ from infoprune.pruning.selection import select_global, select_layerwise
 from infoprune.pruning.slim import slim
 from infoprune.pruning.stats import collect_statistics
 from infoprune.validation import ConfigError, validate_pruning
+from tests.conftest import slim_classifier
 from tests.test_pruning import randomized
 from tests.two_processes import rank_zero_result
 

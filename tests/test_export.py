@@ -14,14 +14,14 @@ import onnxruntime
 import pytest
 import torch
 
-from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.datamodules import DigitsDataModule
 from infoprune.export import main
 from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1
 from infoprune.pruning.selection import select_layerwise
-from tests.conftest import ROOT
+from tests.conftest import ROOT, slim_classifier
 
 
 @pytest.fixture(scope="module")

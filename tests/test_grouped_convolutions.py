@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck
 
-from infoprune.callbacks.masking import save_weights_checkpoint, slim_classifier
+from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
 from infoprune.pruning.allocation import SensitivityTable, allocate_widths
 from infoprune.pruning.cost import PruningCost
@@ -16,6 +16,7 @@ from infoprune.pruning.masks import removed_channels
 from infoprune.pruning.metrics import RandomScore, output_l1
 from infoprune.pruning.selection import keep_top_channels, select_global, select_layerwise
 from infoprune.pruning.slim import slim
+from tests.conftest import slim_classifier
 from tests.test_any_network import assert_masked_equals_slimmed
 from tests.test_pruning import randomized
 
