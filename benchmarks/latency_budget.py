@@ -30,10 +30,10 @@ import torch
 from benchmarks.common import compose, print_json, scratch_dir
 from infoprune.callbacks import ChannelPruning
 from infoprune.models import SimpleNet
-from infoprune.models.classifier import ImageClassifier, count_flops
+from infoprune.models.classifier import ImageClassifier
 from infoprune.models.network import build_network
 from infoprune.pipeline import prune
-from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.cost import PruningCost, count_flops
 from infoprune.pruning.latency import (
     LatencySettings,
     batch_of,

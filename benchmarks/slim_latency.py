@@ -23,9 +23,8 @@ import torch
 
 from benchmarks.common import print_json
 from infoprune.models import SimpleNet
-from infoprune.models.classifier import count_flops
 from infoprune.models.network import build_network
-from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.cost import PruningCost, count_flops
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import InputL1, score_group
 from infoprune.pruning.selection import select_global, select_layerwise

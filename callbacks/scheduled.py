@@ -7,31 +7,8 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from infoprune.callbacks.calibration import CalibratedCallback
+from infoprune.pruning.schedule import schedule_steps
 from infoprune.pruning.selection import check_amount
-
-SCHEDULES = ("oneshot", "equal", "agp")
-
-
-def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
-    """``(epoch, cumulative amount)`` of every pruning step, the amount a fraction of the original network.
-
-    ``oneshot``: ``amount`` at ``start_epoch``. ``equal``: ``amount * k / n`` and ``agp`` (Zhu & Gupta 2017):
-    ``amount * (1 - (1 - k / n)^3)`` for ``k = 1 .. n``, at epochs spread evenly from ``start_epoch`` to
-    ``end_epoch`` (the target is reached at ``end_epoch``).
-    """
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
-    if kind == "oneshot":
-        return [(start_epoch, amount)]
-    if steps < 1:
-        raise ValueError(f"a {kind} schedule needs at least one step, got steps={steps}")
-    if end_epoch < start_epoch:
-        raise ValueError(f"end_epoch {end_epoch} is before start_epoch {start_epoch}")
-    span = end_epoch - start_epoch
-    epochs = [start_epoch + round(span * k / (steps - 1)) if steps > 1 else end_epoch for k in range(steps)]
-    fraction = (lambda k: k / steps) if kind == "equal" else (lambda k: 1.0 - (1.0 - k / steps) ** 3)
-    return [(epoch, amount * fraction(k + 1)) for k, epoch in enumerate(epochs)]
-
 
 
 class ScheduledPruning(CalibratedCallback):

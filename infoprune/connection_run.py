@@ -10,9 +10,9 @@ from infoprune.callbacks.cep import ConnectionPruning, make_permanent
 from infoprune.config import resolved
 from infoprune.io import atomic_save
 from infoprune.job import Job
-from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.cep import density_schedule, prunable_weights
-from infoprune.pruning.cost import output_positions
+from infoprune.pruning.cost import count_flops, count_parameters, output_positions
 from infoprune.pruning.sparse import save_sparse
 
 

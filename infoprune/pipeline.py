@@ -24,9 +24,10 @@ from infoprune.console import quiet_terminal
 from infoprune.io import atomic_save, atomic_write_text
 from infoprune.job import Job
 from infoprune.loggers import log_score_histograms
-from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.batchnorm import recalibrate_batchnorm
 from infoprune.pruning.cep import ConnectionCriterion
+from infoprune.pruning.cost import count_flops, count_parameters
 from infoprune.pruning.distributed import barrier
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import Entropy, MutualInformation

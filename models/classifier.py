@@ -9,27 +9,12 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from infoprune.models.network import build_network
+from infoprune.pruning.cost import count_flops, count_parameters
 from infoprune.pruning.slim import slim_to_widths
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of scalar parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2)."""
-    was_training = module.training
-    module.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(example_input)
-    module.train(was_training)
-    return counter.get_total_flops()
 
 
 @functools.cache

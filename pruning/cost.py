@@ -13,9 +13,26 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from infoprune.models.classifier import count_flops, count_parameters
 from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of scalar parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+
+def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2)."""
+    was_training = module.training
+    module.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(example_input)
+    module.train(was_training)
+    return counter.get_total_flops()
+
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:

@@ -6,6 +6,9 @@
   same fraction of what is left.
 * ``layer_by_layer`` (Luo & Wu 2017, layer-wise scope only): one step per prunable layer, in forward order, each
   pruning that layer alone by the target.
+
+The drop-in callbacks schedule in epochs of a fit instead (:func:`schedule_steps`): ``oneshot``, ``equal`` and
+``agp`` steps, each a cumulative amount of the original network.
 """
 from __future__ import annotations
 
@@ -45,3 +48,29 @@ def plan_schedule(kind: str, target: float, scope: str, layer_names: list[str], 
         plan = [PruningStep(target, 1.0 - target, [name], finetune_epochs) for name in layer_names]
     plan[-1].finetune_epochs = 0
     return plan
+
+
+#: the drop-in callbacks' schedules, in epochs of a fit (``prune.py``'s steps: :data:`SCHEDULES`)
+EPOCH_SCHEDULES = ("oneshot", "equal", "agp")
+
+
+def schedule_steps(kind: str, amount: float, start_epoch: int, end_epoch: int, steps: int) -> list[tuple[int, float]]:
+    """``(epoch, cumulative amount)`` of every pruning step, the amount a fraction of the original network.
+
+    ``oneshot``: ``amount`` at ``start_epoch``. ``equal``: ``amount * k / n`` and ``agp`` (Zhu & Gupta 2017):
+    ``amount * (1 - (1 - k / n)^3)`` for ``k = 1 .. n``, at epochs spread evenly from ``start_epoch`` to
+    ``end_epoch`` (the target is reached at ``end_epoch``).
+    """
+    if kind not in EPOCH_SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {EPOCH_SCHEDULES}")
+    if kind == "oneshot":
+        return [(start_epoch, amount)]
+    if steps < 1:
+        raise ValueError(f"a {kind} schedule needs at least one step, got steps={steps}")
+    if end_epoch < start_epoch:
+        raise ValueError(f"end_epoch {end_epoch} is before start_epoch {start_epoch}")
+    span = end_epoch - start_epoch
+    epochs = [start_epoch + round(span * k / (steps - 1)) if steps > 1 else end_epoch for k in range(steps)]
+    fraction = (lambda k: k / steps) if kind == "equal" else (lambda k: 1.0 - (1.0 - k / steps) ** 3)
+    return [(epoch, amount * fraction(k + 1)) for k, epoch in enumerate(epochs)]
+

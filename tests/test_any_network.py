@@ -13,9 +13,9 @@ import torchvision
 from infoprune.callbacks.masking import save_weights_checkpoint
 from infoprune.datamodules import DigitsDataModule
 from infoprune.models import CifarResNet
-from infoprune.models.classifier import ImageClassifier, count_flops
+from infoprune.models.classifier import ImageClassifier
 from infoprune.models.network import build_network
-from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.cost import PruningCost, count_flops
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks
 from infoprune.pruning.metrics import MutualInformation, RandomScore, score_group

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from infoprune.callbacks.cep import ConnectionPruning
 from infoprune.callbacks.pruning import ChannelPruning, load_slimmed
-from infoprune.callbacks.scheduled import schedule_steps
 from infoprune.pruning.cep import ConnectionCriterion
 from infoprune.pruning.metrics import InputL1, MutualInformation
+from infoprune.pruning.schedule import schedule_steps
 from infoprune.pruning.selection import keep_count
 from tests.conftest import ROOT, RecordEpochs
 from tests.test_prune import CrashAtEpochTwo

@@ -8,9 +8,9 @@ import torch.nn as nn
 from torchvision.models.resnet import Bottleneck
 
 from infoprune.callbacks.masking import save_weights_checkpoint
-from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.models.classifier import ImageClassifier
 from infoprune.pruning.allocation import SensitivityTable, allocate_widths
-from infoprune.pruning.cost import PruningCost
+from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
 from infoprune.pruning.layers import PrunableLayer, find_prunable_layers
 from infoprune.pruning.masks import removed_channels
 from infoprune.pruning.metrics import RandomScore, output_l1

@@ -7,7 +7,8 @@ import torchvision
 from hydra.utils import instantiate
 
 from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
+from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.cost import count_flops, count_parameters
 
 
 def conv_weights(net: torch.nn.Module) -> int:

@@ -16,3 +16,15 @@ def test_installed_packages_live_under_one_namespace(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"  # no top-level models / pruning / callbacks / datamodules
+
+
+def test_the_pruning_core_imports_no_training_framework(tmp_path):
+    """Every module of ``infoprune.pruning`` is plain torch: importing them all loads neither Lightning nor Hydra nor
+    torchmetrics (so the mathematics is usable, and tested, without a Trainer)."""
+    code = ("import importlib, pkgutil, sys, infoprune.pruning as core\n"
+            "for module in pkgutil.iter_modules(core.__path__): importlib.import_module(f'infoprune.pruning.{module.name}')\n"
+            "print(sorted(k for k in ('pytorch_lightning', 'lightning', 'hydra', 'omegaconf', 'torchmetrics') "
+            "if k in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

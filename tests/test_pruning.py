@@ -16,8 +16,8 @@ import torch.nn as nn
 from infoprune.callbacks.masking import ChannelMasking, save_weights_checkpoint
 from infoprune.export import export_network
 from infoprune.models import VGG16BN, AlexNet, CifarResNet, LeNet5, SimpleNet
-from infoprune.models.classifier import ImageClassifier, count_flops, count_parameters
-from infoprune.pruning.cost import PruningCost
+from infoprune.models.classifier import ImageClassifier
+from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks, masked_channels_are_zero
 from infoprune.pruning.metrics import InputL1, RandomScore
