@@ -68,7 +68,6 @@ def check_ratios(ratios: list[float]) -> list[float]:
     return sorted({float(r) for r in ratios})
 
 
-
 def check_sensitivity(cfg: DictConfig) -> tuple[Any, list[float], list[str] | None]:
     """Everything the job reads, before any training: the pruning settings (a channel criterion), the ratios,
     the groups to measure, the shard, the BatchNorm images. Returns the checked run, the ratios and the groups."""

@@ -43,16 +43,6 @@ class SensitivityTable:
     metric: str
 
 
-def check_ratios(ratios: list[float]) -> list[float]:
-    """Sorted, distinct ratios, each in (0, 1), or a ``ValueError`` naming the bad one."""
-    if not ratios:
-        raise ValueError("sensitivity.ratios is empty")
-    for ratio in ratios:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
-            raise ValueError(f"sensitivity ratios must be in (0, 1), got {ratio!r}")
-    return sorted({float(r) for r in ratios})
-
-
 def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows (``COLUMNS``) to ``path`` atomically (:func:`infoprune.io.write_atomically`)."""
 
