@@ -20,10 +20,11 @@ def test_installed_packages_live_under_one_namespace(tmp_path):
 
 def test_the_pruning_core_imports_no_training_framework(tmp_path):
     """Every module of ``infoprune.pruning`` is plain torch: importing them all loads neither Lightning nor Hydra nor
-    torchmetrics (so the mathematics is usable, and tested, without a Trainer)."""
+    torchmetrics nor the layers above the core (so the mathematics is usable, and tested, without a Trainer)."""
     code = ("import importlib, pkgutil, sys, infoprune.pruning as core\n"
             "for module in pkgutil.iter_modules(core.__path__): importlib.import_module(f'infoprune.pruning.{module.name}')\n"
-            "print(sorted(k for k in ('pytorch_lightning', 'lightning', 'hydra', 'omegaconf', 'torchmetrics') "
+            "print(sorted(k for k in ('pytorch_lightning', 'lightning', 'hydra', 'omegaconf', 'torchmetrics', "
+            "'infoprune.models', 'infoprune.callbacks', 'infoprune.datamodules', 'infoprune.job') "
             "if k in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
