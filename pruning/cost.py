@@ -6,7 +6,9 @@ bias and the affine parameters of its BatchNorm per output channel, and ``2 * ou
 removes every member's filter over the inputs still kept (one input per filter for a depthwise member, the kept
 inputs of its own group, ``in / g``, for a grouped member), its bias and BN entries, and, in every consumer, the
 weights that read ``c`` over the consumer's outputs still kept (those of ``c``'s group, ``out / g``, in a grouped
-consumer); each weight is counted once, when the first of its two ends goes."""
+consumer); each weight is counted once, when the first of its two ends goes (a member that also reads its own
+group, as a residual block's projection back onto the residual width, loses its weight from ``c`` to ``c``
+with its filter)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -75,8 +77,12 @@ class PruningCost:
             per_out = self.in_kept[conv] * self._kernel(conv) // self.groups[conv]
             params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
             flops += 2 * per_out * self.positions[conv]
+        members = {member.conv for member in self.layers[name].members}
         for module, counter in self.reads[name]:
-            inputs = counter[channel] * self.out_kept[module] * self._kernel(module) // self.groups[module]
+            # a member that also reads the group (a residual block's projection back onto the residual width) lost
+            # the weight from the channel to itself with its row already
+            filters = self.out_kept[module] * self._kernel(module) // self.groups[module]
+            inputs = counter[channel] * (filters - (module in members) * self._kernel(module))
             params += inputs
             flops += 2 * inputs * self.positions[module]
         return params, flops

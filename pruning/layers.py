@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -127,34 +128,87 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, customized_pruners=custom)
 
 
-def _called_more_than_once(model: nn.Module, example_input: torch.Tensor) -> set[nn.Module]:
-    """Modules that one forward pass calls several times (torchvision's ResNet blocks reuse one ReLU before and
-    after the residual addition): a hook there would see more than one feature map, so they are no tap points."""
-    calls: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
-             for m in model.modules() if not list(m.children())]
-    with torch.no_grad(), preserved_modes(model):
-        model.eval()(example_input[:1])
-    for hook in hooks:
-        hook.remove()
-    return {m for m, n in calls.items() if n > 1}
+#: activations whose output is a tap point (``act``)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish)
 
 
-def _following_taps(leaves: list[tuple[str, nn.Module]], conv_name: str, reused: set[nn.Module]) -> dict[str, nn.Module]:
-    """The BatchNorm and activation that directly follow ``conv_name`` in module order (before the next conv or
-    linear layer); a module called more than once per forward pass is skipped."""
-    start = [n for n, _ in leaves].index(conv_name)
-    taps: dict[str, nn.Module] = {"conv": leaves[start][1]}
-    for _, module in leaves[start + 1:]:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+#: how many functional operations (a residual addition, a gating product) a tap may lie behind
+FUNCTIONAL_STEPS = 2
+
+
+@dataclass
+class _Call:
+    """One call of a leaf module in a forward pass: its first tensor input and its output, with the autograd nodes
+    that made them at the time of the call (all kept alive, so identity comparisons are meaningful)."""
+
+    module: nn.Module
+    input: torch.Tensor | None
+    input_fn: object
+    output: object
+    output_fn: object
+
+
+def _leaf_calls(model: nn.Module, example_input: torch.Tensor) -> list[_Call]:
+    """Every call of a leaf module in one forward pass of ``example_input[:1]`` (with autograd on, so every
+    tensor records the operations it came from), in execution order."""
+    calls: list[_Call] = []
+
+    def record(module, inputs, output):
+        first = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
+        calls.append(_Call(module, first, getattr(first, "grad_fn", None), output, getattr(output, "grad_fn", None)))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    try:
+        with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():
+            model.eval()(example_input[:1].detach().clone().requires_grad_(True))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def _derives_from(node, target, steps: int) -> bool:
+    """Whether autograd node ``node`` is ``target`` or computed from it within ``steps`` operations."""
+    if node is None or target is None:
+        return False
+    if node is target:
+        return True
+    return steps > 0 and any(_derives_from(parent, target, steps - 1) for parent, _ in node.next_functions)
+
+
+def _reads(call: _Call, tensor: torch.Tensor, tensor_fn) -> bool:
+    """Whether ``call``'s module reads ``tensor``: the very tensor, or one of its shape computed from it by at most
+    ``FUNCTIONAL_STEPS`` functional operations (the activation after a residual addition)."""
+    if call.input is None or not isinstance(tensor, torch.Tensor):
+        return False
+    return call.input is tensor or (call.input.shape == tensor.shape
+                                    and _derives_from(call.input_fn, tensor_fn, FUNCTIONAL_STEPS))
+
+
+def _following_taps(conv: nn.Module, calls: list[_Call], reused: set[nn.Module]) -> dict[str, nn.Module]:
+    """The BatchNorm and the activation that ``conv``'s output flows into, followed through the forward pass's
+    dataflow (not the order modules are registered in): from the convolution's output, the first module that reads
+    it (``_reads``: directly, or behind a residual addition); a BatchNorm is the ``bn`` tap, an activation the
+    ``act`` tap (and the end), any other module (pooling, dropout) is passed through; a convolution or linear
+    layer, a module called more than once per forward pass (its hook would see several feature maps), or a tensor
+    that no module reads ends the walk. A concatenation changes the shape and so ends it too (DenseNet)."""
+    taps: dict[str, nn.Module] = {"conv": conv}
+    index = next((i for i, call in enumerate(calls) if call.module is conv), None)
+    if index is None or conv in reused:
+        return taps
+    tensor, tensor_fn = calls[index].output, calls[index].output_fn
+    for call in calls[index + 1:]:
+        if not _reads(call, tensor, tensor_fn):
+            continue
+        module = call.module
+        if isinstance(module, (nn.Conv2d, nn.Linear)) or module in reused:
             break
-        if module in reused:
-            break
-        if isinstance(module, nn.BatchNorm2d) and "bn" not in taps and "act" not in taps:
+        if isinstance(module, nn.BatchNorm2d) and "bn" not in taps:
             taps["bn"] = module
-        elif isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish)):
+        elif isinstance(module, ACTIVATIONS):
             taps["act"] = module
             break
+        tensor, tensor_fn = call.output, call.output_fn
     return taps
 
 
@@ -180,15 +234,18 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     group's in-channel (or in-feature) pruning operations on ordinary convolutions and linear layers, with
     Torch-Pruning's index mapping (several inputs per channel after a flatten). Channels that grouped (not
     depthwise) convolutions produce or read are pruned block-symmetrically (``channel_groups``: the least common
-    multiple of those convolutions' ``groups``). A group whose channels reach a linear layer's outputs, or whose
-    members differ in width (an operation the graph cannot map), is not prunable here and is left out with a
-    warning naming it.
+    multiple of those convolutions' ``groups``). A group whose channels reach a linear layer's outputs, whose
+    members differ in width (an operation the graph cannot map), or that no layer reads (the network's outputs, as
+    a segmentation head's class maps) is not prunable here and is left out with a warning naming it. The tap points
+    of every member follow its output through the forward pass (``_following_taps``).
     """
     graph = dependency_graph(model, example_input)
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     order = {m: i for i, (_, m) in enumerate(leaves)}
     names = {m: n for n, m in leaves}
-    reused = _called_more_than_once(model, example_input)
+    calls = _leaf_calls(model, example_input)
+    counts = Counter(call.module for call in calls)
+    reused = {module for module, n in counts.items() if n > 1}
     layers, covered = [], set()
     for name, module in leaves:
         if not isinstance(module, nn.Conv2d) or module in covered or _is_depthwise(module):
@@ -202,7 +259,6 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         if reason:
             log.warning("channels of %s are tied to %s and are not pruned", [names[m] for m in outs], reason)
             continue
-        members = [Member(names[m], m, _following_taps(leaves, names[m], reused)) for m in outs]
         consumers = [
             Consumer(item.dep.target.module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
             for item in group
@@ -210,6 +266,11 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
             and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
             and not (isinstance(item.dep.target.module, nn.Conv2d) and _is_depthwise(item.dep.target.module))
         ]
+        if not consumers:
+            log.warning("channels of %s are the network's outputs (no layer reads them) and are not pruned",
+                        [names[m] for m in outs])
+            continue
+        members = [Member(names[m], m, _following_taps(m, calls, reused)) for m in outs]
         self_masking = [item.dep.target.module for item in group if item.dep.handler.__name__ == "prune_out_channels"
                         and hasattr(item.dep.target.module, "mask_out_channels")]
         channel_groups = math.lcm(*(convolution_groups(m) for m in outs + [c.module for c in consumers]))

@@ -1,0 +1,230 @@
+"""Which networks of the zoo can be pruned? For every torchvision classification model
+(``torchvision.models.list_models(module=torchvision.models)``) and segmentation model
+(``torchvision.models.segmentation``), built with random weights (nothing downloaded) at 10 classes: find the
+channel groups, score them by weighted MI (``wmi``) on random images with random labels, remove 50% of the FLOPs by
+one global ranking, slim, check that the output has the structure and shapes it had before, then save the slimmed
+weights with their structure record (group -> width), rebuild the network from its constructor, slim it to the
+record (``pruning.slim.slim_to_widths``, what ``ImageClassifier`` does with ``structure``), load the weights
+strictly and compare outputs.
+
+    python -m benchmarks.prunability [--family classification segmentation] [--models PATTERN ...]
+        [--size 224] [--images 8] [--records DIR] [--timeout 900] [--threads 2]
+
+Every model runs in its own process (a crash or a timeout is that model's failure, not the sweep's) and writes
+``<records>/<family>__<model>.json``; a rerun with the same ``--records`` skips the models already recorded.
+A model is *prunable* when it has at least one group, at least 30% of its FLOPs are removed, its forward output
+keeps its structure and the reloaded network gives the slimmed one's outputs (within 1e-4 of the output scale).
+
+Last line: JSON with ``torchvision_total``, ``torchvision_prunable`` (classification), ``segmentation_total``,
+``segmentation_prunable`` and ``failures`` (model -> reason)."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torchvision
+
+from benchmarks.common import ROOT, print_json
+from infoprune.callbacks.calibration import StatisticsSettings
+from infoprune.callbacks.channel_scores import score_channels
+from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.metrics import WeightedMutualInformation
+from infoprune.pruning.selection import select_global
+from infoprune.pruning.slim import slim, slim_to_widths
+
+FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation}
+FLOPS_KEPT = 0.5  #: the global budget: fraction of the FLOPs that remains
+MIN_REMOVED = 0.30  #: a model counts as prunable from this fraction of FLOPs removed
+NUM_CLASSES = 10
+
+
+def model_names(family: str, patterns: list[str]) -> list[str]:
+    """The family's models (torchvision's registry), filtered by shell-style ``patterns`` when given."""
+    names = torchvision.models.list_models(module=FAMILIES[family])
+    return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def build(family: str, name: str) -> torch.nn.Module:
+    """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
+    torch.manual_seed(0)
+    extra = {"weights_backbone": None, "aux_loss": False} if family == "segmentation" else {}
+    return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES, **extra).eval()
+
+
+def output_shapes(output) -> object:
+    """The structure of a model's output with every tensor replaced by its shape."""
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, dict):
+        return {k: output_shapes(v) for k, v in output.items()}
+    if isinstance(output, (list, tuple)):
+        return [output_shapes(v) for v in output]
+    return type(output).__name__
+
+
+def flat_outputs(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    values = output.values() if isinstance(output, dict) else output
+    return [t for v in values for t in flat_outputs(v)]
+
+
+def check_model(family: str, name: str, size: int, images: int) -> dict:
+    """One model through groups -> wmi scores -> global FLOPs selection -> slimming -> save and reload; returns
+    the record (widths, sizes, checks and seconds per phase)."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    net = build(family, name)
+    example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = output_shapes(net(probe))
+    record = {"family": family, "model": name, "input": [3, size, size],
+              "params_before": count_parameters(net), "flops_before": count_flops(net, example)}
+    seconds["build"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    layers = find_prunable_layers(net, example)
+    record["groups"] = len(layers)
+    record["layers_in_groups"] = sum(len(layer.members) for layer in layers)
+    seconds["groups"] = time.perf_counter() - start
+    if not layers:
+        return {**record, "seconds": seconds, "failure": "no prunable channel group"}
+
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(min(4, images - i), 3, size, size, generator=g),
+                torch.randint(0, NUM_CLASSES, (min(4, images - i),), generator=g)) for i in range(0, images, 4)]
+    settings = StatisticsSettings(num_images=images, batch_size=4, bins=8, buffer_images=images)
+    scores, _ = score_channels(net, layers, WeightedMutualInformation(), lambda: batches, NUM_CLASSES, settings)
+    seconds["scores"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    keep = select_global(scores, layers, PruningCost(net, layers, example), FLOPS_KEPT, resource="flops")
+    slim(net, layers, keep, example)
+    structure = {layer.name: layer.num_channels for layer in layers}
+    with torch.no_grad():
+        slimmed_output = net(probe)
+    record.update(params_after=count_parameters(net), flops_after=count_flops(net, example),
+                  forward_ok=output_shapes(slimmed_output) == before)
+    record["flops_kept"] = record["flops_after"] / record["flops_before"]
+    record["params_kept"] = record["params_after"] / record["params_before"]
+    seconds["select_slim"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "slimmed.pt"
+        torch.save({"structure": structure, "state_dict": net.state_dict()}, path)
+        saved = torch.load(path, weights_only=True)
+    rebuilt = build(family, name)
+    slim_to_widths(rebuilt, saved["structure"], example)
+    rebuilt.load_state_dict(saved["state_dict"], strict=True)
+    with torch.no_grad():
+        pairs = zip(flat_outputs(slimmed_output), flat_outputs(rebuilt(probe)))
+        record["reload_ok"] = all(a.shape == b.shape and (a - b).abs().max() <= 1e-4 * max(1.0, a.abs().max())
+                                  for a, b in pairs)
+    seconds["reload"] = time.perf_counter() - start
+
+    problems = [what for what, bad in (("forward output changed structure", not record["forward_ok"]),
+                                       ("reloaded outputs differ", not record["reload_ok"]),
+                                       (f"only {1 - record['flops_kept']:.0%} of the FLOPs removed",
+                                        1 - record["flops_kept"] < MIN_REMOVED)) if bad]
+    return {**record, "seconds": seconds, "failure": "; ".join(problems) or None}
+
+
+def run_one(family: str, name: str, args: argparse.Namespace) -> dict:
+    """``check_model`` in a child process with a timeout; a crash, an exception or a timeout is the record's
+    ``failure`` (the exception's last line)."""
+    command = [sys.executable, "-m", "benchmarks.prunability", "--one", family, name, "--size", str(args.size),
+               "--images", str(args.images), "--threads", str(args.threads)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"family": family, "model": name, "failure": f"timeout after {args.timeout} s",
+                "wall_s": time.perf_counter() - start}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"family": family, "model": name, "failure": f"exit {done.returncode}: {tail[:300]}",
+                "wall_s": time.perf_counter() - start}
+    return {**json.loads(lines[-1]), "wall_s": time.perf_counter() - start}
+
+
+def child(family: str, name: str, args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    try:
+        record = check_model(family, name, args.size, args.images)
+    except Exception as error:  # noqa: BLE001 - any failure of a model is its record
+        last = traceback.format_exception_only(error)[-1].strip()
+        record = {"family": family, "model": name, "failure": f"{type(error).__name__} in pruning: {last[:300]}"}
+    print(json.dumps(record))
+
+
+def prunable(record: dict) -> bool:
+    return record.get("failure") is None
+
+
+def print_table(records: list[dict]) -> None:
+    print("| model | family | groups | params kept | FLOPs kept | forward ok | reload ok | seconds | failure |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        def pct(key):
+            return f"{r[key]:.1%}" if key in r else "-"
+        yes = {True: "yes", False: "no", None: "-"}
+        print(f"| {r['model']} | {r['family']} | {r.get('groups', '-')} | {pct('params_kept')} | {pct('flops_kept')} "
+              f"| {yes[r.get('forward_ok')]} | {yes[r.get('reload_ok')]} | {r.get('wall_s', 0):.0f} "
+              f"| {r.get('failure') or ''} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--models", nargs="*", default=[], help="shell-style patterns of model names")
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--images", type=int, default=8, help="calibration images (random) for the wmi statistics")
+    parser.add_argument("--records", type=Path, default=ROOT / "logs" / "prunability",
+                        help="one JSON record per model; models recorded there are not rerun")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each model's process")
+    parser.add_argument("--one", nargs=2, metavar=("FAMILY", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return child(*args.one, args)
+
+    args.records.mkdir(parents=True, exist_ok=True)
+    records = []
+    todo = [(family, name) for family in args.family for name in model_names(family, args.models)]
+    for i, (family, name) in enumerate(todo, 1):
+        path = args.records / f"{family}__{name}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+        else:
+            record = run_one(family, name, args)
+            path.write_text(json.dumps(record, indent=1))
+        status = "ok" if prunable(record) else record["failure"]
+        print(f"[{i}/{len(todo)}] {family} {name}: {status} ({record.get('wall_s', 0):.0f} s)", file=sys.stderr)
+        records.append(record)
+
+    print_table(records)
+    figures: dict = {"failures": {r["model"]: r["failure"] for r in records if not prunable(r)},
+                     "input_size": args.size, "flops_kept_target": FLOPS_KEPT}
+    for family, key in (("classification", "torchvision"), ("segmentation", "segmentation")):
+        mine = [r for r in records if r["family"] == family]
+        if mine:
+            figures[f"{key}_total"] = len(mine)
+            figures[f"{key}_prunable"] = sum(map(prunable, mine))
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()
