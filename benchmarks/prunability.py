@@ -1,6 +1,7 @@
 """Which networks of the zoo can be pruned? For every torchvision classification model
 (``torchvision.models.list_models(module=torchvision.models)``) and segmentation model
-(``torchvision.models.segmentation``), built with random weights (nothing downloaded) at 10 classes: find the
+(``torchvision.models.segmentation``), built with random weights (nothing downloaded) at 10 classes (GoogLeNet and Inception-v3 without their
+auxiliary classifiers, which run only in training): find the
 channel groups, score them by weighted MI (``wmi``) on random images with random labels, remove 50% of the FLOPs by
 one global ranking, slim, check that the output has the structure and shapes it had before, then save the slimmed
 weights with their structure record (group -> width), rebuild the network from its constructor, slim it to the
@@ -45,6 +46,8 @@ FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.mo
 FLOPS_KEPT = 0.5  #: the global budget: fraction of the FLOPs that remains
 MIN_REMOVED = 0.30  #: a model counts as prunable from this fraction of FLOPs removed
 NUM_CLASSES = 10
+#: built without their auxiliary classifiers, which run only in training and cannot be traced in eval mode
+AUXILIARY_CLASSIFIERS = ("googlenet", "inception_v3")
 
 
 def model_names(family: str, patterns: list[str]) -> list[str]:
@@ -57,6 +60,8 @@ def build(family: str, name: str) -> torch.nn.Module:
     """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
     torch.manual_seed(0)
     extra = {"weights_backbone": None, "aux_loss": False} if family == "segmentation" else {}
+    if name in AUXILIARY_CLASSIFIERS:
+        extra["aux_logits"] = False
     return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES, **extra).eval()
 
 

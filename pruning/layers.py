@@ -237,7 +237,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     multiple of those convolutions' ``groups``). A group whose channels reach a linear layer's outputs, whose
     members differ in width (an operation the graph cannot map), or that no layer reads (the network's outputs, as
     a segmentation head's class maps) is not prunable here and is left out with a warning naming it. The tap points
-    of every member follow its output through the forward pass (``_following_taps``).
+    of every member follow its output through the forward pass (``_following_taps``). A convolution that the
+    forward pass in eval mode never calls (an auxiliary classifier run only in training) is an error: the channels
+    it reads could not be kept consistent.
     """
     graph = dependency_graph(model, example_input)
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
@@ -246,6 +248,12 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     calls = _leaf_calls(model, example_input)
     counts = Counter(call.module for call in calls)
     reused = {module for module, n in counts.items() if n > 1}
+    untraced = [n for n, m in leaves if isinstance(m, nn.Conv2d) and not counts[m]]
+    if untraced:
+        raise ValueError(f"convolution(s) {untraced[:4]}{' ...' if len(untraced) > 4 else ''} are not called by the "
+                         f"network's forward pass (in eval mode), so the channels they read cannot be traced; remove "
+                         f"them or build the network without them (torchvision's GoogLeNet and Inception-v3: "
+                         f"aux_logits=False, their auxiliary classifiers run only in training)")
     layers, covered = [], set()
     for name, module in leaves:
         if not isinstance(module, nn.Conv2d) or module in covered or _is_depthwise(module):

@@ -193,3 +193,23 @@ def test_torchvision_networks_with_excitation_and_segmentation_heads_prune_and_r
     assert record["failure"] is None, record["failure"]
     assert record["groups"] > 5 and record["forward_ok"] and record["reload_ok"]
     assert 0.45 <= record["flops_kept"] <= 0.5 + 1e-9
+
+
+class AuxiliaryInTraining(nn.Module):
+    """An auxiliary classifier that reads the features only in training, as GoogLeNet's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = Conv2dNormActivation(3, 8)
+        self.aux = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.features(x)
+        out = self.head(x.mean((2, 3)))
+        return (out, self.aux(x)) if self.training else out
+
+
+def test_a_convolution_the_forward_pass_never_calls_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\['aux'\] are not called by the network's forward pass.*aux_logits=False"):
+        find_prunable_layers(AuxiliaryInTraining(), torch.randn(1, 3, 8, 8))
