@@ -42,7 +42,8 @@ from infoprune.pruning.metrics import WeightedMutualInformation
 from infoprune.pruning.selection import select_global
 from infoprune.pruning.slim import slim, slim_to_widths
 
-FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation}
+FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation,
+            "detection": torchvision.models.detection}
 FLOPS_KEPT = 0.5  #: the global budget: fraction of the FLOPs that remains
 MIN_REMOVED = 0.30  #: a model counts as prunable from this fraction of FLOPs removed
 NUM_CLASSES = 10
@@ -56,13 +57,47 @@ def model_names(family: str, patterns: list[str]) -> list[str]:
     return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
+class DetectionOutputs(torch.nn.Module):
+    """A detection model's raw head outputs before box decoding and non-maximum suppression: the backbone (with its
+    feature pyramid), then the dense heads on every level (RetinaNet, FCOS, SSD) or the region-proposal head and the
+    box, mask and keypoint heads on two fixed boxes per image (Faster, Mask and Keypoint R-CNN). What the pruning
+    traces and slims is the detection model itself (``self.model``), which still runs end to end afterwards."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.model.backbone(x)
+        features = features if isinstance(features, dict) else {"0": features}
+        levels = list(features.values())
+        if not hasattr(self.model, "rpn"):
+            return self.model.head(levels)
+        objectness, deltas = self.model.rpn.head(levels)
+        out = {**{f"objectness{i}": t for i, t in enumerate(objectness)},
+               **{f"deltas{i}": t for i, t in enumerate(deltas)}}
+        h, w = x.shape[-2:]
+        boxes = [torch.tensor([[0.0, 0.0, w / 2, h / 2], [w / 4, h / 4, w, h]], device=x.device)] * len(x)
+        heads = self.model.roi_heads
+        for kind in ("box", "mask", "keypoint"):
+            pool = getattr(heads, f"{kind}_roi_pool", None)
+            if pool is not None:
+                pooled = getattr(heads, f"{kind}_head")(pool(features, boxes, [(h, w)] * len(x)))
+                result = getattr(heads, f"{kind}_predictor")(pooled)
+                out.update({f"{kind}{i}": t for i, t in enumerate(result if isinstance(result, tuple) else (result,))})
+        return out
+
+
 def build(family: str, name: str) -> torch.nn.Module:
     """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
     torch.manual_seed(0)
     extra = {"weights_backbone": None, "aux_loss": False} if family == "segmentation" else {}
     if name in AUXILIARY_CLASSIFIERS:
         extra["aux_logits"] = False
-    return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES, **extra).eval()
+    if family == "detection":
+        extra = {"weights_backbone": None}
+    model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES, **extra).eval()
+    return DetectionOutputs(model).eval() if family == "detection" else model
 
 
 def output_shapes(output) -> object:
@@ -83,6 +118,15 @@ def flat_outputs(output) -> list[torch.Tensor]:
     return [t for v in values for t in flat_outputs(v)]
 
 
+def end_to_end(net: torch.nn.Module, images: torch.Tensor) -> list | None:
+    """A detection model run as users run it (a list of images in, boxes, labels and scores out): the keys of its
+    first image's result; None for other models."""
+    if not isinstance(net, DetectionOutputs):
+        return None
+    with torch.no_grad():
+        return sorted(net.model(list(images[:1]))[0])
+
+
 def check_model(family: str, name: str, size: int, images: int) -> dict:
     """One model through groups -> wmi scores -> global FLOPs selection -> slimming -> save and reload; returns
     the record (widths, sizes, checks and seconds per phase)."""
@@ -92,7 +136,7 @@ def check_model(family: str, name: str, size: int, images: int) -> dict:
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        before = output_shapes(net(probe))
+        before = output_shapes(net(probe)), end_to_end(net, probe)
     record = {"family": family, "model": name, "input": [3, size, size],
               "params_before": count_parameters(net), "flops_before": count_flops(net, example)}
     seconds["build"] = time.perf_counter() - start
@@ -120,7 +164,7 @@ def check_model(family: str, name: str, size: int, images: int) -> dict:
     with torch.no_grad():
         slimmed_output = net(probe)
     record.update(params_after=count_parameters(net), flops_after=count_flops(net, example),
-                  forward_ok=output_shapes(slimmed_output) == before)
+                  forward_ok=(output_shapes(slimmed_output), end_to_end(net, probe)) == before)
     record["flops_kept"] = record["flops_after"] / record["flops_before"]
     record["params_kept"] = record["params_after"] / record["params_before"]
     seconds["select_slim"] = time.perf_counter() - start

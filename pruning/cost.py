@@ -38,9 +38,17 @@ def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
-    """Output spatial positions (H x W, 1 for linear layers) of every conv and linear layer for one input."""
+    """Output positions of every conv and linear layer for one input image: the output's elements per output
+    channel (H x W for a convolution, 1 for a linear layer after a flatten; times the regions a detection head's
+    layer sees per image, the tokens a linear layer sees), summed over the calls of a layer that the forward pass
+    applies several times (a head shared by the levels of a feature pyramid)."""
     positions: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: positions.__setitem__(m, o[0, 0].numel() if o.dim() == 4 else 1))
+
+    def count(module, inputs, output):
+        channels = output.shape[1] if output.dim() == 4 else output.shape[-1]
+        positions[module] = positions.get(module, 0) + output.numel() // channels
+
+    hooks = [m.register_forward_hook(count)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad(), preserved_modes(model):
         model.eval()(example_input[:1])

@@ -1,6 +1,6 @@
 """Structures beyond plain chains, on tiny instances: squeeze-and-excitation (MobileNetV3, EfficientNet, RegNetY),
-concatenation (DenseNet), a segmentation head whose last convolution writes the class maps, and modules registered in
-another order than they run. For each: the channel groups found, the tap points, exact widths after slimming, and
+concatenation (DenseNet), a segmentation head whose last convolution writes the class maps, a head shared by two
+feature levels (detection), and modules registered in another order than they run. For each: the channel groups found, the tap points, exact widths after slimming, and
 slimmed == masked on the same input."""
 from __future__ import annotations
 
@@ -54,6 +54,21 @@ class ProjectionOntoTheResidual(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         return self.head((x + self.project(self.depthwise(x))).mean((2, 3)))
+
+
+class SharedHead(nn.Module):
+    """A detection-style head applied to two levels of features (the same convolutions called twice per forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level1 = Conv2dNormActivation(3, 8)
+        self.level2 = Conv2dNormActivation(8, 8, stride=2)
+        self.head = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
+
+    def forward(self, x):
+        a = self.level1(x)
+        b = self.level2(a)
+        return torch.cat([self.head(a).flatten(1), self.head(b).flatten(1)], 1)
 
 
 class DenseBlock(nn.Module):
@@ -162,7 +177,8 @@ class _Out(nn.Module):
         return self.net(x)["out"]
 
 
-@pytest.mark.parametrize("build", [InvertedResidualSE, ProjectionOntoTheResidual, DenseBlock, RegisteredOutOfOrder])
+@pytest.mark.parametrize("build", [InvertedResidualSE, ProjectionOntoTheResidual, DenseBlock, RegisteredOutOfOrder,
+                                   SharedHead])
 def test_the_cost_of_removing_any_one_channel_is_what_slimming_it_saves(build):
     x = torch.randn(1, 3, 16, 16)
     for layer in find_prunable_layers(build(), x):
