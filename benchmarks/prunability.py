@@ -202,6 +202,10 @@ def run_one(family: str, name: str, args: argparse.Namespace) -> dict:
         return {"family": family, "model": name, "failure": f"timeout after {args.timeout} s",
                 "wall_s": time.perf_counter() - start}
     lines = done.stdout.strip().splitlines()
+    if done.returncode < 0:
+        return {"family": family, "model": name, "failure": f"killed by signal {-done.returncode}"
+                + (" (SIGKILL: the kernel's out-of-memory killer, or a user)" if done.returncode == -9 else ""),
+                "wall_s": time.perf_counter() - start}
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"family": family, "model": name, "failure": f"exit {done.returncode}: {tail[:300]}",
