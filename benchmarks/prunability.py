@@ -1,14 +1,14 @@
 """Which networks of the zoo can be pruned? For every torchvision classification model
-(``torchvision.models.list_models(module=torchvision.models)``) and segmentation model
-(``torchvision.models.segmentation``), built with random weights (nothing downloaded) at 10 classes (GoogLeNet and Inception-v3 without their
-auxiliary classifiers, which run only in training): find the
-channel groups, score them by weighted MI (``wmi``) on random images with random labels, remove 50% of the FLOPs by
-one global ranking, slim, check that the output has the structure and shapes it had before, then save the slimmed
-weights with their structure record (group -> width), rebuild the network from its constructor, slim it to the
-record (``pruning.slim.slim_to_widths``, what ``ImageClassifier`` does with ``structure``), load the weights
-strictly and compare outputs.
+(``torchvision.models.list_models(module=torchvision.models)``), segmentation model
+(``torchvision.models.segmentation``) and detection model (``torchvision.models.detection``, through
+``DetectionOutputs``), built with random weights (nothing downloaded) at 10 classes (GoogLeNet and Inception-v3
+without their auxiliary classifiers, which run only in training): find the channel groups, score them by weighted
+MI (``wmi``) on random images with random labels, remove 50% of the FLOPs by one global ranking, slim, check that
+the output has the structure and shapes it had before, then save the slimmed weights with their structure record
+(group -> width), rebuild the network from its constructor, slim it to the record (``pruning.slim.slim_to_widths``,
+what ``ImageClassifier`` does with ``structure``), load the weights strictly and compare outputs.
 
-    python -m benchmarks.prunability [--family classification segmentation] [--models PATTERN ...]
+    python -m benchmarks.prunability [--family classification segmentation detection] [--models PATTERN ...]
         [--size 224] [--images 8] [--records DIR] [--timeout 900] [--threads 2]
 
 Every model runs in its own process (a crash or a timeout is that model's failure, not the sweep's) and writes
@@ -17,7 +17,8 @@ A model is *prunable* when it has at least one group, at least 30% of its FLOPs 
 keeps its structure and the reloaded network gives the slimmed one's outputs (within 1e-4 of the output scale).
 
 Last line: JSON with ``torchvision_total``, ``torchvision_prunable`` (classification), ``segmentation_total``,
-``segmentation_prunable`` and ``failures`` (model -> reason)."""
+``segmentation_prunable``, ``detection_total``, ``detection_prunable`` (of the families run) and ``failures``
+(model -> reason)."""
 from __future__ import annotations
 
 import argparse
@@ -271,7 +272,8 @@ def main() -> None:
     print_table(records)
     figures: dict = {"failures": {r["model"]: r["failure"] for r in records if not prunable(r)},
                      "input_size": args.size, "flops_kept_target": FLOPS_KEPT}
-    for family, key in (("classification", "torchvision"), ("segmentation", "segmentation")):
+    for family, key in (("classification", "torchvision"), ("segmentation", "segmentation"),
+                        ("detection", "detection")):
         mine = [r for r in records if r["family"] == family]
         if mine:
             figures[f"{key}_total"] = len(mine)
