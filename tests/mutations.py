@@ -217,6 +217,17 @@ MUTATIONS = [
     Mutation("search settings checked before any work", "infoprune/validation.py",
              "    check_search(cfg)\n", "",
              ("tests/test_search.py::test_bad_search_settings_fail_before_any_work",)),
+    Mutation("tap points after a residual addition", "pruning/layers.py",
+             "    return call.input is tensor or (call.input.shape == tensor.shape",
+             "    return call.input is tensor or (False and call.input.shape == tensor.shape",
+             ("tests/test_structures.py::test_tap_points_follow_the_dataflow_not_the_registration_order",)),
+    Mutation("output channels as a group", "pruning/layers.py",
+             "        if not consumers:\n", "        if False:\n",
+             ("tests/test_structures.py::test_a_segmentation_head_keeps_its_class_maps",)),
+    Mutation("cost of a layer called several times", "pruning/cost.py",
+             "positions[module] = positions.get(module, 0) + output.numel() // channels",
+             "positions[module] = output.numel() // channels",
+             ("tests/test_structures.py::test_the_cost_of_removing_any_one_channel_is_what_slimming_it_saves",)),
 ]
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from benchmarks.prunability import check_model
+from infoprune.models import CifarResNet
 from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.metrics import RandomScore
@@ -200,6 +201,11 @@ def test_tap_points_follow_the_dataflow_not_the_registration_order():
     gate = next(member for member in layers["conv"].members if member.conv is net.gate)  # tied by the product
     assert gate.taps == {"conv": net.gate}  # its sigmoid is no tap activation
     assert layers["conv2"].taps == {"conv": net.conv2}
+    resnet = CifarResNet(depth=8, shortcut="B").eval()  # the activation after the residual addition is a tap
+    stage = {m.name: m.taps for layer in find_prunable_layers(resnet, torch.randn(1, 3, 8, 8)) for m in layer.members}
+    assert stage["blocks.0.conv2"] == {"conv": resnet.blocks[0].conv2, "bn": resnet.blocks[0].bn2,
+                                       "act": resnet.blocks[0].relu2}
+    assert stage["blocks.1.conv2"]["act"] is resnet.blocks[1].relu2  # its projection shortcut sits in between
 
 
 @pytest.mark.parametrize("family,name", [("classification", "mobilenet_v3_small"),
