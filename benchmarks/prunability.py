@@ -92,11 +92,10 @@ class DetectionOutputs(torch.nn.Module):
 def build(family: str, name: str) -> torch.nn.Module:
     """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
     torch.manual_seed(0)
-    extra = {"weights_backbone": None, "aux_loss": False} if family == "segmentation" else {}
+    extra = {"segmentation": {"weights_backbone": None, "aux_loss": False},
+             "detection": {"weights_backbone": None}}.get(family, {})
     if name in AUXILIARY_CLASSIFIERS:
-        extra["aux_logits"] = False
-    if family == "detection":
-        extra = {"weights_backbone": None}
+        extra = {"aux_logits": False}
     model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES, **extra).eval()
     return DetectionOutputs(model).eval() if family == "detection" else model
 
@@ -113,6 +112,7 @@ def output_shapes(output) -> object:
 
 
 def flat_outputs(output) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order."""
     if isinstance(output, torch.Tensor):
         return [output]
     values = output.values() if isinstance(output, dict) else output
@@ -130,7 +130,7 @@ def end_to_end(net: torch.nn.Module, images: torch.Tensor) -> list | None:
 
 def check_model(family: str, name: str, size: int, images: int) -> dict:
     """One model through groups -> wmi scores -> global FLOPs selection -> slimming -> save and reload; returns
-    the record (widths, sizes, checks and seconds per phase)."""
+    the record (groups, sizes before and after, the checks, seconds per phase, the failure if any)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     net = build(family, name)

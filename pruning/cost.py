@@ -25,7 +25,6 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-
 def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
     """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2)."""
     was_training = module.training
@@ -34,7 +33,6 @@ def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
         module(example_input)
     module.train(was_training)
     return counter.get_total_flops()
-
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
@@ -71,6 +69,7 @@ class PruningCost:
         self.in_kept = {m: m.weight.shape[1] * self.groups[m] for m in self.positions}
         self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
                       for layer in layers}
+        self.members = {layer.name: {member.conv for member in layer.members} for layer in layers}
         self.removed: set[tuple[str, int]] = set()
 
     @staticmethod
@@ -85,7 +84,7 @@ class PruningCost:
             per_out = self.in_kept[conv] * self._kernel(conv) // self.groups[conv]
             params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
             flops += 2 * per_out * self.positions[conv]
-        members = {member.conv for member in self.layers[name].members}
+        members = self.members[name]
         for module, counter in self.reads[name]:
             # a member that also reads the group (a residual block's projection back onto the residual width) lost
             # the weight from the channel to itself with its row already

@@ -1,7 +1,7 @@
 """Structures beyond plain chains, on tiny instances: squeeze-and-excitation (MobileNetV3, EfficientNet, RegNetY),
 concatenation (DenseNet), a segmentation head whose last convolution writes the class maps, a head shared by two
-feature levels (detection), and modules registered in another order than they run. For each: the channel groups found, the tap points, exact widths after slimming, and
-slimmed == masked on the same input."""
+feature levels (detection), and modules registered in another order than they run. For each: the channel groups
+found, the tap points, exact widths after slimming, slimmed == masked on the same input, and the exact cost."""
 from __future__ import annotations
 
 import pytest
@@ -99,6 +99,17 @@ class SegmentationHead(nn.Module):
         return {"out": F.interpolate(self.classifier(self.features(x)), size=x.shape[-2:], mode="bilinear")}
 
 
+class _Out(nn.Module):
+    """The segmentation head's ``out`` map as a plain tensor (what ``assert_masked_equals_slimmed`` compares)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)["out"]
+
+
 class RegisteredOutOfOrder(nn.Module):
     """The activation is registered before the convolution it follows, and another activation (used elsewhere)
     sits between the convolution and its BatchNorm in registration order."""
@@ -165,17 +176,6 @@ def test_a_segmentation_head_keeps_its_class_maps(caplog):
     keep = select_layerwise({layer.name: RandomScore(3)(layer) for layer in layers}, layers, 0.5, mode="channels")
     assert_masked_equals_slimmed(net, layers, keep, x)
     assert net(x).shape == (2, 5, 16, 16) and net.net.features[1][0].out_channels == 6
-
-
-class _Out(nn.Module):
-    """The segmentation head's ``out`` map as a plain tensor (what ``assert_masked_equals_slimmed`` compares)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x)["out"]
 
 
 @pytest.mark.parametrize("build", [InvertedResidualSE, ProjectionOntoTheResidual, DenseBlock, RegisteredOutOfOrder,
