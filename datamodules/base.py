@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from infoprune.datamodules.augment import normalize, random_crop, random_hflip
@@ -93,8 +94,12 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         download: bool = False,
+        resize: int | None = None,
     ) -> None:
         super().__init__()
+        if resize is not None and resize < 1:
+            raise ValueError(f"resize must be a positive image size, got {resize}")
+        self.resize = resize
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.data_dir = resolve_data_dir(data_dir)
@@ -107,7 +112,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.image_size, self.image_size)
+        size = self.resize or self.image_size
+        return (self.in_channels, size, size)
 
     @property
     def preprocessing(self) -> dict:
@@ -185,12 +191,17 @@ class ImageDataModule(pl.LightningDataModule):
         return batches
 
     def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 batch -> normalised float batch, augmented when ``train`` and ``augment``."""
+        """uint8 batch -> normalised float batch, augmented when ``train`` and ``augment``, and bilinearly resized to
+        ``resize`` x ``resize`` when set (a network built for larger inputs, as a ViT-B/16 for 224, on small
+        images)."""
         if train and self.augment:
             images = random_crop(images, self.crop_padding)
             if self.flip:
                 images = random_hflip(images)
-        return normalize(images, self._mean, self._std)
+        images = normalize(images, self._mean, self._std)
+        if self.resize is not None and images.shape[-2:] != (self.resize, self.resize):
+            images = F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        return images
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Normalise (and in training augment) ``(uint8 images, labels)`` batches; anything else (the model

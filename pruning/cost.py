@@ -1,7 +1,8 @@
 """Exact parameter and FLOP accounting of channel removal, without rebuilding the network.
 
 A convolution or linear layer ``M`` costs ``out(M) * in(M) * k(M)`` weights (``k`` = kernel positions) plus its
-bias and the affine parameters of its BatchNorm per output channel, and ``2 * out(M) * in(M) * k(M) * S(M)`` FLOPs
+bias and the affine parameters of its BatchNorm per output channel (and a channel of a group costs its layer norms'
+affine parameters and its entries of loose parameters such as positional embeddings), and ``2 * out(M) * in(M) * k(M) * S(M)`` FLOPs
 (``S`` = output positions), as ``torch.utils.flop_counter`` counts them. Removing channel ``c`` of a channel group
 removes every member's filter over the inputs still kept (one input per filter for a depthwise member, the kept
 inputs of its own group, ``in / g``, for a grouped member), its bias and BN entries, and, in every consumer, the
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from infoprune.pruning.attention import attention_cost, attention_projections, is_tied_attention
 from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
 
 
@@ -26,12 +28,18 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2)."""
-    was_training = module.training
+    """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2).
+    ``nn.MultiheadAttention`` runs its composite path here: its fused inference kernel is invisible to the
+    counter."""
+    was_training, fastpath = module.training, torch.backends.mha.get_fastpath_enabled()
     module.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(example_input)
-    module.train(was_training)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(example_input)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        module.train(was_training)
     return counter.get_total_flops()
 
 
@@ -39,15 +47,18 @@ def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.M
     """Output positions of every conv and linear layer for one input image: the output's elements per output
     channel (H x W for a convolution, 1 for a linear layer after a flatten; times the regions a detection head's
     layer sees per image, the tokens a linear layer sees), summed over the calls of a layer that the forward pass
-    applies several times (a head shared by the levels of a feature pyramid)."""
+    applies several times (a head shared by the levels of a feature pyramid); an attention module's tokens (see
+    ``pruning.attention``)."""
     positions: dict[nn.Module, int] = {}
 
     def count(module, inputs, output):
-        channels = output.shape[1] if output.dim() == 4 else output.shape[-1]
+        if is_tied_attention(module):
+            output = output[0] if isinstance(output, tuple) else output
+        channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
         positions[module] = positions.get(module, 0) + output.numel() // channels
 
-    hooks = [m.register_forward_hook(count)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) or is_tied_attention(m)]
     with torch.no_grad(), preserved_modes(model):
         model.eval()(example_input[:1])
     for hook in hooks:
@@ -62,14 +73,17 @@ class PruningCost:
         self.dense_params = self.params = count_parameters(model)
         self.dense_flops = self.flops = count_flops(model, example_input[:1])
         self.layers = {layer.name: layer for layer in layers}
-        self.positions = output_positions(model, example_input)
+        positions = output_positions(model, example_input)
+        self.tokens = {m: t for m, t in positions.items() if is_tied_attention(m)}
+        self.widths = {m: attention_projections(m)[2].out_features for m in self.tokens}
+        self.positions = {m: p for m, p in positions.items() if m not in self.tokens}
         self.groups = {m: convolution_groups(m) for m in self.positions}
         self.out_kept = {m: m.weight.shape[0] for m in self.positions}
         #: inputs still read: every input of a grouped convolution, those of one filter otherwise (1: depthwise)
         self.in_kept = {m: m.weight.shape[1] * self.groups[m] for m in self.positions}
         self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
                       for layer in layers}
-        self.members = {layer.name: {member.conv for member in layer.members} for layer in layers}
+        self.members = {layer.name: {member.module for member in layer.members} for layer in layers}
         self.removed: set[tuple[str, int]] = set()
 
     @staticmethod
@@ -80,10 +94,13 @@ class PruningCost:
         """(parameters, FLOPs) that removing ``channel`` of layer ``name`` would save now."""
         params = flops = 0
         for member in self.layers[name].members:
-            conv = member.conv
+            conv = member.module
             per_out = self.in_kept[conv] * self._kernel(conv) // self.groups[conv]
             params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
             flops += 2 * per_out * self.positions[conv]
+        layer = self.layers[name]
+        params += sum((norm.weight is not None) + (norm.bias is not None) for norm in layer.norms)
+        params += sum(parameter.numel() // parameter.shape[axis] for parameter, axis in layer.parameters)
         members = self.members[name]
         for module, counter in self.reads[name]:
             # a member that also reads the group (a residual block's projection back onto the residual width) lost
@@ -92,6 +109,10 @@ class PruningCost:
             inputs = counter[channel] * (filters - (module in members) * self._kernel(module))
             params += inputs
             flops += 2 * inputs * self.positions[module]
+        for attention in self.layers[name].attentions:
+            before = attention_cost(attention, self.widths[attention], self.tokens[attention])
+            after = attention_cost(attention, self.widths[attention] - 1, self.tokens[attention])
+            params, flops = params + before[0] - after[0], flops + before[1] - after[1]
         return params, flops
 
     def remove(self, name: str, channel: int) -> None:
@@ -101,9 +122,11 @@ class PruningCost:
         params, flops = self.removal_cost(name, channel)
         self.params, self.flops = self.params - params, self.flops - flops
         for member in self.layers[name].members:
-            self.out_kept[member.conv] -= 1
+            self.out_kept[member.module] -= 1
         for module, counter in self.reads[name]:
             self.in_kept[module] -= counter[channel]
+        for attention in self.layers[name].attentions:
+            self.widths[attention] -= 1
         self.removed.add((name, channel))
 
     def remaining(self, resource: str) -> float:

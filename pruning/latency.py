@@ -286,7 +286,7 @@ class LatencyCost(PruningCost):
 
     def remove(self, name: str, channel: int) -> None:
         super().remove(name, channel)
-        touched = [member.conv for member in self.layers[name].members] + [m for m, _ in self.reads[name]]
+        touched = [member.module for member in self.layers[name].members] + [m for m, _ in self.reads[name]]
         for module in touched:
             self.module_seconds[module] = self.seconds(module)
 

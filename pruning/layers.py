@@ -1,5 +1,6 @@
-"""What can be pruned: the prunable convolutions of a network, their tap points and the layers that consume their
-channels, found with Torch-Pruning's dependency graph."""
+"""What can be pruned: the channel groups of a network (the output channels of convolutions and linear layers that
+must be removed together), their tap points and the layers that consume their channels, found with Torch-Pruning's
+dependency graph."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
+from infoprune.pruning.attention import is_tied_attention, tied_attention_pruners
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +33,15 @@ class Consumer:
 
 @dataclass
 class Member:
-    """One convolution of a channel group: ``name`` in the model, the module and the modules behind each tap
-    point (a depthwise convolution's filter of channel ``c`` and its BatchNorm entry go with channel ``c``)."""
+    """One layer of a channel group: ``name`` in the model, the convolution or linear layer ``module`` whose
+    output channels (weight rows) are the group's, the modules behind each tap point (a depthwise convolution's
+    filter of channel ``c`` and its BatchNorm entry go with channel ``c``) and the axis of the channels in the
+    module's output (1 for a convolution's N x C x H x W, -1 for a linear layer's N x ... x C)."""
 
     name: str
-    conv: nn.Conv2d
+    module: nn.Module
     taps: dict[str, nn.Module]
+    channel_axis: int = 1
 
     def tap(self, point: str) -> tuple[str, nn.Module]:
         """The module behind tap ``point``, or the nearest earlier one the convolution has (a convolution without
@@ -50,11 +56,12 @@ class Member:
 
 @dataclass
 class PrunableLayer:
-    """One prunable channel group: the convolutions whose output channels are tied (a residual stage's width: the
-    stem or first block's projection and every block's last convolution; an expansion convolution and the
-    depthwise convolution after it), removed together, channel ``c`` of every member at once. Most layers of a
-    plain network are groups of one. ``name`` is the first member's name in module order; ``consumers`` are the
-    layers that read the group's channels."""
+    """One prunable channel group: the convolutions and linear layers whose output channels are tied (a residual
+    stage's width: the stem or first block's projection and every block's last convolution; an expansion
+    convolution and the depthwise convolution after it; a transformer's embedding width; an MLP's hidden width),
+    removed together, channel ``c`` of every member at once. Most layers of a plain network are groups of one.
+    ``name`` is the first member's name in module order; ``consumers`` are the layers that read the group's
+    channels."""
 
     name: str
     members: list[Member]
@@ -62,6 +69,13 @@ class PrunableLayer:
     #: other modules whose outputs carry the group's channels and that mask them themselves
     #: (``mask_out_channels(removed)``, e.g. ResNet's zero-padding shortcut)
     self_masking: list[nn.Module] = field(default_factory=list)
+    #: layer norms that normalize over the group's channels (masked by normalizing over the kept ones)
+    norms: list[nn.Module] = field(default_factory=list)
+    #: parameters outside any layer that carry the channels, with the axis they lie on (a class token, positional
+    #: embeddings, ConvNeXt's layer scale)
+    parameters: list[tuple[nn.Parameter, int]] = field(default_factory=list)
+    #: attention modules whose embedding (and so inner) width is the group (see ``pruning.attention``)
+    attentions: list[nn.Module] = field(default_factory=list)
     #: Torch-Pruning's group of the first member's output channels as the network was when the layer was found
     #: (what criteria wrapping Torch-Pruning's importance classes score); None for views of one member
     dependency_group: tp.Group | None = field(default=None, repr=False, compare=False)
@@ -71,9 +85,9 @@ class PrunableLayer:
     channel_groups: int = 1
 
     @property
-    def conv(self) -> nn.Conv2d:
-        """The first member's convolution (the group's pruning root)."""
-        return self.members[0].conv
+    def module(self) -> nn.Module:
+        """The first member's convolution or linear layer (the group's pruning root)."""
+        return self.members[0].module
 
     @property
     def taps(self) -> dict[str, nn.Module]:
@@ -81,7 +95,7 @@ class PrunableLayer:
 
     @property
     def num_channels(self) -> int:
-        return self.conv.out_channels
+        return self.module.weight.shape[0]
 
     @property
     def member_names(self) -> list[str]:
@@ -93,8 +107,8 @@ class PrunableLayer:
 
     def member_view(self, member: Member) -> "PrunableLayer":
         """A group of ``member`` alone with the group's consumers (what a criterion scores member by member)."""
-        return PrunableLayer(member.name, [member], self.consumers, self.self_masking,
-                             channel_groups=self.channel_groups)
+        return PrunableLayer(member.name, [member], self.consumers, self.self_masking, self.norms, self.parameters,
+                             self.attentions, channel_groups=self.channel_groups)
 
     def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
         """Sorted channels of the given positions ``u`` in every block: ``u + b * C / g`` for ``b < g`` (the
@@ -120,12 +134,22 @@ def preserved_modes(model: nn.Module):
             module.training = training
 
 
-def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``; a module class with a ``dependency_pruner`` attribute (a
-    ``tp.pruner.function.BasePruningFunc``) says itself how its channels map (``models.resnet.PadShortcut``)."""
+def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
+    """How Torch-Pruning prunes the modules of ``model`` its tracer cannot see into: a module class with a
+    ``dependency_pruner`` attribute (a ``tp.pruner.function.BasePruningFunc``) says itself how its channels map
+    (``models.resnet.PadShortcut``); the attention modules of ``pruning.attention.tied_attention_pruners``."""
+    known = tied_attention_pruners()
     custom = {type(m): type(m).dependency_pruner for m in model.modules() if hasattr(type(m), "dependency_pruner")}
+    custom.update({type(m): known[type(m)] for m in model.modules() if type(m) in known})
+    return custom
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (with ``customized_pruners``); parameters outside any layer
+    (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1."""
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, customized_pruners=custom)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
+                                                     customized_pruners=customized_pruners(model))
 
 
 #: activations whose output is a tap point (``act``)
@@ -185,40 +209,41 @@ def _reads(call: _Call, tensor: torch.Tensor, tensor_fn) -> bool:
                                     and _derives_from(call.input_fn, tensor_fn, FUNCTIONAL_STEPS))
 
 
-def _following_taps(conv: nn.Module, calls: list[_Call], reused: set[nn.Module]) -> dict[str, nn.Module]:
-    """The BatchNorm and the activation that ``conv``'s output flows into, followed through the forward pass's
-    dataflow (not the order modules are registered in): from the convolution's output, the first module that reads
+def _following_taps(module: nn.Module, calls: list[_Call], reused: set[nn.Module],
+                    channel_axis: int) -> dict[str, nn.Module]:
+    """The BatchNorm and the activation that ``module``'s output flows into, followed through the forward pass's
+    dataflow (not the order modules are registered in): from the module's output, the first module that reads
     it (``_reads``: directly, or behind a residual addition); a BatchNorm is the ``bn`` tap, an activation the
     ``act`` tap (and the end), any other module (pooling, dropout) is passed through; a convolution or linear
-    layer, a module called more than once per forward pass (its hook would see several feature maps), or a tensor
-    that no module reads ends the walk. A concatenation changes the shape and so ends it too (DenseNet)."""
-    taps: dict[str, nn.Module] = {"conv": conv}
-    index = next((i for i, call in enumerate(calls) if call.module is conv), None)
-    if index is None or conv in reused:
+    layer, a normalization across channels (LayerNorm, GroupNorm), a module that moves or changes the channel axis
+    (a permutation, a flatten), a module called more than once per forward pass (its hook would see several
+    feature maps), or a tensor that no module reads ends the walk. A concatenation changes the shape and so ends it
+    too (DenseNet)."""
+    taps: dict[str, nn.Module] = {"conv": module}
+    index = next((i for i, call in enumerate(calls) if call.module is module), None)
+    if index is None or module in reused:
         return taps
     tensor, tensor_fn = calls[index].output, calls[index].output_fn
     for call in calls[index + 1:]:
         if not _reads(call, tensor, tensor_fn):
             continue
-        module = call.module
-        if isinstance(module, (nn.Conv2d, nn.Linear)) or module in reused:
+        reader = call.module
+        if isinstance(reader, (nn.Conv2d, nn.Linear, nn.LayerNorm, nn.GroupNorm)) or reader in reused:
             break
-        if isinstance(module, nn.BatchNorm2d) and "bn" not in taps:
-            taps["bn"] = module
-        elif isinstance(module, ACTIVATIONS):
-            taps["act"] = module
+        if not (isinstance(call.output, torch.Tensor) and call.output.dim() == tensor.dim()
+                and call.output.shape[channel_axis] == tensor.shape[channel_axis]):
+            break
+        if isinstance(reader, nn.BatchNorm2d) and "bn" not in taps:
+            taps["bn"] = reader
+        elif isinstance(reader, ACTIVATIONS):
+            taps["act"] = reader
             break
         tensor, tensor_fn = call.output, call.output_fn
     return taps
 
 
-def _is_out_channel_op(item) -> bool:
-    return item.dep.handler.__name__ == "prune_out_channels" and isinstance(item.dep.target.module,
-                                                                             (nn.Conv2d, nn.Linear))
-
-
-def _is_depthwise(conv: nn.Conv2d) -> bool:
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+def _is_depthwise(conv: nn.Module) -> bool:
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def convolution_groups(module: nn.Module) -> int:
@@ -226,62 +251,97 @@ def convolution_groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, nn.Conv2d) and not _is_depthwise(module) else 1
 
 
+def _root_pruning_fn(module: nn.Module):
+    return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+
+
+def pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
+    """Torch-Pruning's group of output channels ``idxs`` of convolution or linear layer ``module``."""
+    return graph.get_pruning_group(module, _root_pruning_fn(module), idxs=idxs)
+
+
+def _member(module: nn.Module, names: dict, calls: list[_Call], reused: set[nn.Module]) -> Member | None:
+    """The group member behind an out-channel operation's module, if it makes the channels: a convolution or a
+    linear layer."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        axis = 1 if isinstance(module, nn.Conv2d) else -1
+        return Member(names[module], module, _following_taps(module, calls, reused, axis), channel_axis=axis)
+    return None
+
+
+def _consumer(item) -> Consumer | None:
+    """The layer behind an in-channel operation of a Torch-Pruning group, if it reads the channels with weights of
+    its own (an ordinary convolution, a linear layer)."""
+    module = item.dep.target.module
+    if not isinstance(module, (nn.Conv2d, nn.Linear)) or _is_depthwise(module):
+        return None
+    return Consumer(module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
+
+
+def _is_op(item, name: str) -> bool:
+    return item.dep.handler.__name__ == name
+
+
 def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
     """Every channel group that can be pruned, in module order of its first member.
 
-    A group is what Torch-Pruning's dependency graph ties to a convolution's output channels: convolutions whose
-    outputs are added (residual stages) and depthwise convolutions that carry the channels on. Consumers are the
-    group's in-channel (or in-feature) pruning operations on ordinary convolutions and linear layers, with
-    Torch-Pruning's index mapping (several inputs per channel after a flatten). Channels that grouped (not
-    depthwise) convolutions produce or read are pruned block-symmetrically (``channel_groups``: the least common
-    multiple of those convolutions' ``groups``). A group whose channels reach a linear layer's outputs, whose
-    members differ in width (an operation the graph cannot map), or that no layer reads (the network's outputs, as
-    a segmentation head's class maps) is not prunable here and is left out with a warning naming it. The tap points
-    of every member follow its output through the forward pass (``_following_taps``). A convolution that the
-    forward pass in eval mode never calls (an auxiliary classifier run only in training) is an error: the channels
-    it reads could not be kept consistent.
+    A group is what Torch-Pruning's dependency graph ties to the output channels of a convolution or of a linear
+    layer applied per position or token (N x ... x C: a transformer's or ConvNeXt's channel mixer; a linear layer on
+    flat feature vectors, as a classifier's hidden layers, has neurons, not channels, and is not a group's root):
+    convolutions and linear layers whose outputs are added (residual stages, a transformer's embedding width),
+    depthwise convolutions that carry the channels on, the layer norms, attention modules and loose parameters
+    (tokens, positional embeddings, layer scales) on the way. Consumers are the group's in-channel (or in-feature)
+    pruning operations on ordinary convolutions and linear layers, with Torch-Pruning's index mapping (several
+    inputs per channel after a flatten). Channels that grouped (not depthwise) convolutions produce or read are
+    pruned block-symmetrically (``channel_groups``: the least common multiple of those convolutions' ``groups``),
+    as are channels that an attention module splits into heads (``num_heads``, ``pruning.attention``). A group whose members differ
+    in width (an operation the graph cannot map, as the fused query-key-value output an attention module splits)
+    or that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) is not
+    prunable here and is left out (logged). The tap points of every member follow its output through the forward
+    pass (``_following_taps``). A convolution that the forward pass in eval mode never calls (an auxiliary
+    classifier run only in training) is an error: the channels it reads could not be kept consistent.
     """
     graph = dependency_graph(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    order = {m: i for i, (_, m) in enumerate(leaves)}
-    names = {m: n for n, m in leaves}
     calls = _leaf_calls(model, example_input)
     counts = Counter(call.module for call in calls)
     reused = {module for module, n in counts.items() if n > 1}
+    positional = {c.module for c in calls if isinstance(c.output, torch.Tensor) and c.output.dim() > 2}
     untraced = [n for n, m in leaves if isinstance(m, nn.Conv2d) and not counts[m]]
     if untraced:
         raise ValueError(f"convolution(s) {untraced[:4]}{' ...' if len(untraced) > 4 else ''} are not called by the "
                          f"network's forward pass (in eval mode), so the channels they read cannot be traced; remove "
                          f"them or build the network without them (torchvision's GoogLeNet and Inception-v3: "
                          f"aux_logits=False, their auxiliary classifiers run only in training)")
+    unwrapped = {id(p.parameters): p.pruning_dim for p in graph.unwrapped_parameters}
     layers, covered = [], set()
     for name, module in leaves:
-        if not isinstance(module, nn.Conv2d) or module in covered or _is_depthwise(module):
+        root = isinstance(module, nn.Conv2d) or isinstance(module, nn.Linear) and module in positional
+        if not root or module in covered or _is_depthwise(module) or module not in graph.module2node:
             continue
-        group = graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=list(range(module.out_channels)))
-        outs = sorted({item.dep.target.module for item in group if _is_out_channel_op(item)}, key=order.get)
-        covered.update(outs)
-        reason = ("a linear layer's outputs" if any(isinstance(m, nn.Linear) for m in outs)
-                  else "layers of other widths through an operation the dependency graph cannot map"
-                  if len({m.out_channels for m in outs}) > 1 else None)
-        if reason:
-            log.warning("channels of %s are tied to %s and are not pruned", [names[m] for m in outs], reason)
+        group = pruning_group(graph, module, list(range(module.weight.shape[0])))
+        targets = [item.dep.target.module for item in group if _is_op(item, "prune_out_channels")]
+        members = sorted(filter(None, (_member(m, names, calls, reused) for m in targets)), key=lambda m: order[m.module])
+        covered.update(member.module for member in members)
+        if len({member.module.weight.shape[0] for member in members}) > 1:
+            log.warning("channels of %s are tied to layers of other widths through an operation the dependency "
+                        "graph cannot map and are not pruned", [member.name for member in members])
             continue
-        consumers = [
-            Consumer(item.dep.target.module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
-            for item in group
-            if item.dep.handler.__name__ == "prune_in_channels"
-            and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
-            and not (isinstance(item.dep.target.module, nn.Conv2d) and _is_depthwise(item.dep.target.module))
-        ]
+        consumers = list(filter(None, (_consumer(item) for item in group if _is_op(item, "prune_in_channels"))))
         if not consumers:
-            log.warning("channels of %s are the network's outputs (no layer reads them) and are not pruned",
-                        [names[m] for m in outs])
+            log.info("channels of %s are the network's outputs (no layer reads them) and are not pruned",
+                     [member.name for member in members])
             continue
-        members = [Member(names[m], m, _following_taps(m, calls, reused)) for m in outs]
-        self_masking = [item.dep.target.module for item in group if item.dep.handler.__name__ == "prune_out_channels"
-                        and hasattr(item.dep.target.module, "mask_out_channels")]
-        channel_groups = math.lcm(*(convolution_groups(m) for m in outs + [c.module for c in consumers]))
-        layers.append(PrunableLayer(members[0].name, members, consumers, self_masking, dependency_group=group,
-                                    channel_groups=channel_groups))
+        attentions = [m for m in targets if is_tied_attention(m)]
+        channel_groups = math.lcm(*(convolution_groups(m.module) for m in members),
+                                  *(convolution_groups(c.module) for c in consumers),
+                                  *(m.num_heads for m in attentions))
+        layers.append(PrunableLayer(
+            members[0].name, members, consumers,
+            self_masking=[m for m in targets if hasattr(m, "mask_out_channels")],
+            norms=[m for m in targets if isinstance(m, nn.LayerNorm)],
+            parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped],
+            attentions=attentions, dependency_group=group, channel_groups=channel_groups))
     return layers

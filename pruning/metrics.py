@@ -46,8 +46,8 @@ class ChannelScorer:
 
 
 def input_l1(layer: PrunableLayer) -> torch.Tensor:
-    """``sum |W[c]|`` over the channel's own filter (Li et al. 2017)."""
-    return layer.conv.weight.detach().abs().sum(dim=(1, 2, 3))
+    """``sum |W[c]|`` over the channel's own filter (Li et al. 2017); a linear layer's row ``c``."""
+    return layer.module.weight.detach().abs().flatten(1).sum(dim=1)
 
 
 def output_l1(layer: PrunableLayer) -> torch.Tensor:

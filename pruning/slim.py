@@ -7,10 +7,19 @@ from typing import Mapping
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from infoprune.pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers
-from infoprune.pruning.masks import removed_channels
+from infoprune.pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers, pruning_group
+from infoprune.pruning.masks import MaskedNormalization, removed_channels
+
+
+def refresh_recorded_widths(model: nn.Module) -> None:
+    """Update the widths a network keeps as plain attributes and uses in its forward pass (torchvision's
+    ``VisionTransformer.hidden_dim``, the patch embedding's width)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            module.hidden_dim = module.conv_proj.out_channels
 
 
 def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor],
@@ -20,13 +29,14 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     for layer in layers:
         if len(keep[layer.name]) < 1:
             raise ValueError(f"layer {layer.name!r} would be left without channels")
+    MaskedNormalization.remove_all(model)
     graph = dependency_graph(model, example_input[:1])
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()
         if removed:
-            group = graph.get_pruning_group(layer.conv, tp.prune_conv_out_channels, idxs=removed)
-            group.prune()
-    return [layer.conv.out_channels for layer in layers]
+            pruning_group(graph, layer.module, removed).prune()
+    refresh_recorded_widths(model)
+    return [layer.num_channels for layer in layers]
 
 
 def slim_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> None:

@@ -94,14 +94,23 @@ def spatial_mean(feature_maps: torch.Tensor) -> torch.Tensor:
     return feature_maps.float().mean(dim=(2, 3))
 
 
+def channel_maps(output: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    """A layer's output as N x C x H x W feature maps: the channels moved from ``channel_axis`` to axis 1; a linear
+    layer's tokens (N x T x C) become N x C x T x 1, its plain features (N x C) N x C x 1 x 1, so a statistic pools
+    over tokens as it pools over space."""
+    maps = output.movedim(channel_axis, 1)
+    return maps.reshape(maps.shape[0], maps.shape[1], maps.shape[2] if maps.dim() > 2 else 1, -1)
+
+
 class FeatureTap:
-    """Forward hooks that hand ``summarize`` of each group member's feature map (N x C x H x W -> N x C; default
-    the spatial mean) and the batch labels to a pass function; NaN or Inf in a summary is an error naming the
-    member."""
+    """Forward hooks that hand ``summarize`` of each group member's feature map (``channel_maps``: N x C x H x W
+    -> N x C; default the spatial mean) and the batch labels to a pass function; NaN or Inf in a summary is an
+    error naming the member."""
 
     def __init__(self, layers: list[PrunableLayer], tap: str,
                  summarize: Callable[[torch.Tensor], torch.Tensor] = spatial_mean) -> None:
         self.taps = {member.name: member.tap(tap) for layer in layers for member in layer.members}
+        self.axes = {member.name: member.channel_axis for layer in layers for member in layer.members}
         self.summarize = summarize
         self.labels: torch.Tensor | None = None
         self.visit: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
@@ -109,7 +118,7 @@ class FeatureTap:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            summary = self.summarize(output)
+            summary = self.summarize(channel_maps(output, self.axes[name]))
             if not torch.isfinite(summary).all():
                 raise FloatingPointError(f"NaN or Inf in the feature maps of layer {name!r}")
             self.visit(name, summary, self.labels)

@@ -99,13 +99,13 @@ def test_every_group_is_prunable_and_masked_equals_slimmed(network):
     net = randomized(GROUPED[network]())
     x = torch.randn(4, 3, 32, 32)
     layers = find_prunable_layers(net, x[:1])
-    members = {m.conv for layer in layers for m in layer.members}
+    members = {m.module for layer in layers for m in layer.members}
     assert members == {m for m in net.modules() if isinstance(m, nn.Conv2d)}  # nothing left out
     assert any(len(layer.members) > 1 for layer in layers)
     keep = select_layerwise({layer.name: RandomScore(1)(layer) for layer in layers}, layers, 0.5, mode="channels")
     assert_masked_equals_slimmed(net, layers, keep, x)
     assert all(layer.num_channels == len(keep[layer.name]) for layer in layers)
-    assert all(m.conv.out_channels == layer.num_channels for layer in layers for m in layer.members)
+    assert all(m.module.out_channels == layer.num_channels for layer in layers for m in layer.members)
 
 
 @pytest.mark.parametrize("net", [{"_target_": "torchvision.models.resnet18"},

@@ -75,10 +75,10 @@ def test_inf_activations_are_detected_before_they_reach_the_histograms():
     net = SimpleNet(width=0.125).eval()
     layers = find_prunable_layers(net, torch.zeros(1, 3, 32, 32))
     with torch.no_grad():
-        layers[0].conv.weight.fill_(1e38)  # positive inputs: every sum overflows to +inf (not NaN)
+        layers[0].module.weight.fill_(1e38)  # positive inputs: every sum overflows to +inf (not NaN)
     batches = lambda: [(torch.rand(8, 3, 32, 32) + 1, torch.arange(8))]  # noqa: E731
     with torch.no_grad():
-        assert torch.isposinf(layers[0].conv(batches()[0][0])).all()
+        assert torch.isposinf(layers[0].module(batches()[0][0])).all()
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         collect_statistics(net, layers[:1], batches, 10, bins=4)  # only the layer whose maps are +inf
 

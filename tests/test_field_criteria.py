@@ -68,7 +68,7 @@ def test_weight_criteria_equal_torch_pruning(build, shape, reduction):
             m.weight.data.uniform_(0.2, 2.0)
     example = torch.randn(1, *shape)
     layers = find_prunable_layers(net, example)
-    groups = tp_groups(net, [layer.conv for layer in layers], example)
+    groups = tp_groups(net, [layer.module for layer in layers], example)
     for ours, theirs in [(BatchNormScale(reduction), tp.importance.BNScaleImportance(reduction, normalizer=None)),
                          (FPGM(reduction), tp.importance.FPGMImportance(group_reduction=reduction, normalizer=None))]:
         for layer, group in zip(layers, groups):
@@ -80,7 +80,7 @@ def test_per_layer_forms_equal_their_formulas():
     net, images, _ = digits_net()
     layers = find_prunable_layers(net, images[:1])
     for layer in layers:
-        w = layer.conv.weight.detach().double().flatten(1).numpy()
+        w = layer.module.weight.detach().double().flatten(1).numpy()
         expected_fpgm = cdist(np.abs(w) ** 2, np.abs(w) ** 2).sum(0)  # TP's form: distances between |w|^2 filters
         np.testing.assert_allclose(FPGM("first")(layer).numpy(), expected_fpgm, rtol=1e-4)  # float32 cdist
         np.testing.assert_array_equal(BatchNormScale("first")(layer).numpy(),
@@ -95,7 +95,7 @@ def test_taylor_equals_torch_pruning_on_the_whole_calibration_gradient():
     F.cross_entropy(net.eval()(images), labels).backward()  # one batch of all 90 images: the same mean gradient
     importance = tp.importance.TaylorImportance(normalizer=None, multivariable=False)
     layers = find_prunable_layers(net, images[:1])
-    for layer, group in zip(layers, tp_groups(net, [layer.conv for layer in layers], images[:1])):
+    for layer, group in zip(layers, tp_groups(net, [layer.module for layer in layers], images[:1])):
         expected = importance(group).double()
         torch.testing.assert_close(ours[layer.name], expected, rtol=1e-4, atol=1e-9)
 
@@ -105,7 +105,7 @@ def test_taylor_per_filter_is_the_first_order_loss_change_of_the_filter():
     ours = scores_of(Taylor("first", multivariable=True), net, images, labels)
     net64 = net.double().eval()
     layers = find_prunable_layers(net64, images[:1].double())
-    weights = [layer.conv.weight for layer in layers]
+    weights = [layer.module.weight for layer in layers]
     grads = torch.autograd.grad(F.cross_entropy(net64(images.double()), labels), weights)
     for layer, w, g in zip(layers, weights, grads):
         expected = (w.detach() * g).flatten(1).sum(1).abs()  # |sum_s w_s dL/dw_s| in float64
@@ -219,7 +219,7 @@ def test_a_zeroed_channel_scores_lowest(metric):
     net, images, labels = digits_net()
     layer = find_prunable_layers(net, images[:1])[1]
     with torch.no_grad():
-        layer.conv.weight[3] = 0.0
+        layer.module.weight[3] = 0.0
         layer.taps["bn"].weight[3], layer.taps["bn"].bias[3] = 0.0, 0.0  # the channel's output is exactly zero
     scores = scores_of(metric, net, images, labels)[layer.name]
     assert scores[3] == scores.min()

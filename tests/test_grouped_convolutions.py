@@ -50,7 +50,7 @@ def is_block_symmetric(layer: PrunableLayer, keep: torch.Tensor) -> bool:
 
 def test_every_convolution_is_prunable_and_grouped_channels_are_marked(resnext):
     net, _, layers = resnext
-    assert {m.conv for layer in layers for m in layer.members} == {m for m in net.modules()
+    assert {m.module for layer in layers for m in layer.members} == {m for m in net.modules()
                                                                     if isinstance(m, nn.Conv2d)}
     groups = {layer.name: (layer.channel_groups, len(layer.members)) for layer in layers}
     # conv1 feeds the grouped conv2; conv2 is grouped; the stem and the residual width (the first block's conv3

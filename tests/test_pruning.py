@@ -71,7 +71,7 @@ def test_layerwise_70_percent_of_parameters_removes_70_percent_of_every_conv_lay
     keep = select_layerwise({l.name: InputL1()(l) for l in layers}, layers, 0.7, mode="params")
     slim(net, layers, keep, x)
     after, k = conv_params(net), math.sqrt(0.3)
-    widths = [(l.conv.in_channels, l.conv.out_channels) for l in layers]
+    widths = [(l.module.in_channels, l.module.out_channels) for l in layers]
     originals = SimpleNet(width=0.5).widths
     for i, (b, a) in enumerate(zip(before, after)):
         c_out = originals[i]

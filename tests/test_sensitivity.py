@@ -35,7 +35,7 @@ def duplicated_half(model, group: str, consumer: str) -> None:
     half = layer.num_channels // 2
     bn = layer.taps["bn"]
     with torch.no_grad():
-        for t in (layer.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        for t in (layer.module.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
             t[half:] = t[:half]
         dict(model.net.named_modules())[consumer].weight[:, half:] = 0.0
 

@@ -4,6 +4,8 @@ feature levels (detection), and modules registered in another order than they ru
 found, the tap points, exact widths after slimming, slimmed == masked on the same input, and the exact cost."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn as nn
@@ -170,7 +172,8 @@ def test_a_segmentation_head_keeps_its_class_maps(caplog):
     torch.manual_seed(0)
     net = _Out(randomized(SegmentationHead()))
     x = torch.randn(2, 3, 16, 16)
-    layers = find_prunable_layers(net, x[:1])
+    with caplog.at_level(logging.INFO, logger="infoprune.pruning.layers"):
+        layers = find_prunable_layers(net, x[:1])
     assert [layer.name for layer in layers] == ["net.features.0.0", "net.features.1.0"]
     assert "['net.classifier'] are the network's outputs" in caplog.text
     keep = select_layerwise({layer.name: RandomScore(3)(layer) for layer in layers}, layers, 0.5, mode="channels")
@@ -198,7 +201,7 @@ def test_tap_points_follow_the_dataflow_not_the_registration_order():
     net = RegisteredOutOfOrder().eval()
     layers = {layer.name: layer for layer in find_prunable_layers(net, torch.randn(1, 3, 8, 8))}
     assert layers["conv"].taps == {"conv": net.conv, "bn": net.bn, "act": net.act}
-    gate = next(member for member in layers["conv"].members if member.conv is net.gate)  # tied by the product
+    gate = next(member for member in layers["conv"].members if member.module is net.gate)  # tied by the product
     assert gate.taps == {"conv": net.gate}  # its sigmoid is no tap activation
     assert layers["conv2"].taps == {"conv": net.conv2}
     resnet = CifarResNet(depth=8, shortcut="B").eval()  # the activation after the residual addition is a tap

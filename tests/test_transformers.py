@@ -1,0 +1,155 @@
+"""Channel groups through linear layers, layer norms and attention: ConvNeXt and Vision Transformer blocks on tiny
+torchvision instances."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.vision_transformer import VisionTransformer
+
+from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
+from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.masks import apply_channel_masks
+from infoprune.pruning.metrics import RandomScore
+from infoprune.pruning.selection import select_layerwise
+from infoprune.pruning.slim import slim, slim_to_widths
+from infoprune.pruning.stats import channel_maps, collect_statistics
+from tests.test_any_network import randomized
+
+
+def tiny_convnext() -> ConvNeXt:
+    torch.manual_seed(0)
+    return randomized(ConvNeXt([CNBlockConfig(8, 16, 2), CNBlockConfig(16, None, 1)], num_classes=5)).eval()
+
+
+def tiny_vit() -> VisionTransformer:
+    torch.manual_seed(0)
+    return randomized(VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                                        mlp_dim=24, num_classes=5)).eval()
+
+
+def keep_all_but(layers, pruned: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Every group whole, except ``pruned[name]`` units (blocks of ``channel_groups`` channels) of the named ones,
+    chosen at random."""
+    g = torch.Generator().manual_seed(1)
+    keep = {}
+    for layer in layers:
+        units = layer.num_channels // layer.channel_groups
+        kept = torch.randperm(units, generator=g)[: units - pruned.get(layer.name, 0)].sort().values
+        keep[layer.name] = layer.unit_channels(kept)
+    return keep
+
+
+def masked_and_slimmed(net: nn.Module, keep: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    masked = copy.deepcopy(net)
+    apply_channel_masks(find_prunable_layers(masked, x[:1]), keep)
+    with torch.no_grad():
+        expected = masked(x)
+        slim(net, find_prunable_layers(net, x[:1]), keep, x[:1])
+        return expected, net(x)
+
+
+def test_convnext_groups_tie_convolutions_linear_layers_norms_and_layer_scales():
+    net, x = tiny_convnext(), torch.randn(3, 3, 32, 32)
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    stage = layers["features.0.0"]  # stem conv, each block's depthwise conv and second linear layer
+    assert [m.name for m in stage.members] == ["features.0.0", "features.1.0.block.0", "features.1.0.block.5",
+                                               "features.1.1.block.0", "features.1.1.block.5"]
+    assert [m.channel_axis for m in stage.members] == [1, 1, -1, 1, -1]
+    assert len(stage.norms) == 4 and len(stage.parameters) == 2  # stem, 2 blocks, downsample; 2 layer scales
+    hidden = layers["features.1.0.block.3"]  # an MLP's hidden width: Linear -> GELU -> Linear
+    assert hidden.taps["act"] is net.features[1][0].block[4] and hidden.num_channels == 32
+    assert sorted(layers) == ["features.0.0", "features.1.0.block.3", "features.1.1.block.3", "features.2.1",
+                              "features.3.0.block.3"]
+
+
+def test_convnext_masked_equals_slimmed_with_exact_widths():
+    net, x = tiny_convnext(), torch.randn(3, 3, 32, 32)
+    layers = find_prunable_layers(net, x[:1])
+    keep = keep_all_but(layers, {"features.0.0": 3, "features.1.0.block.3": 10, "features.2.1": 5})
+    expected, got = masked_and_slimmed(net, keep, x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert net.features[0][0].out_channels == 5 and net.features[1][0].layer_scale.shape == (5, 1, 1)
+    assert net.features[1][0].block[2].normalized_shape == (5,) and net.features[1][0].block[3].out_features == 22
+    assert net.features[2][1].in_channels == 5 and net.features[2][1].out_channels == 11
+    assert net.classifier[2].in_features == 11
+
+
+def test_vit_groups_are_the_embedding_width_and_each_mlp_hidden_width():
+    net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    assert sorted(layers) == ["conv_proj", "encoder.layers.encoder_layer_0.mlp.0", "encoder.layers.encoder_layer_1.mlp.0"]
+    embed = layers["conv_proj"]
+    assert embed.channel_groups == 2  # every head keeps the same dimension
+    assert len(embed.attentions) == 2 and len(embed.norms) == 5  # two per block and the encoder's last
+    assert {tuple(p.shape) for p, _ in embed.parameters} == {(1, 1, 16), (1, 17, 16)}  # class token, positions
+
+
+def test_vit_mlp_hidden_widths_masked_equal_slimmed():
+    net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
+    layers = find_prunable_layers(net, x[:1])
+    keep = keep_all_but(layers, {"encoder.layers.encoder_layer_0.mlp.0": 9, "encoder.layers.encoder_layer_1.mlp.0": 1})
+    expected, got = masked_and_slimmed(net, keep, x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert [block.mlp[0].out_features for block in net.encoder.layers] == [15, 23]
+
+
+def test_vit_embedding_width_slims_every_tied_part_and_reloads_from_its_structure():
+    net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
+    layers = find_prunable_layers(net, x[:1])
+    keep = select_layerwise({layer.name: RandomScore(2)(layer) for layer in layers}, layers, 0.5, mode="channels")
+    slim(net, layers, keep, x[:1])
+    attention = net.encoder.layers[0].self_attention
+    assert (net.hidden_dim, net.class_token.shape[-1], net.encoder.pos_embedding.shape[-1]) == (8, 8, 8)
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (8, 2, 4)
+    assert net.heads.head.in_features == 8 and net(x).shape == (2, 5)
+    rebuilt = tiny_vit()
+    slim_to_widths(rebuilt, {layer.name: layer.num_channels for layer in layers}, x[:1])
+    rebuilt.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+
+
+@pytest.mark.parametrize("build, size", [(tiny_convnext, 32), (tiny_vit, 16)])
+def test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size):
+    x = torch.randn(1, 3, size, size)
+    dense = build()
+    layers = find_prunable_layers(dense, x)
+    for layer in layers:
+        cost = PruningCost(dense, layers, x)
+        unit = layer.unit_channels(torch.tensor([0]))
+        for channel in unit.tolist():
+            cost.remove(layer.name, channel)
+        net = build()
+        slim(net, find_prunable_layers(net, x), keep_all_but(find_prunable_layers(net, x), {layer.name: 1}) | {
+            layer.name: torch.tensor([c for c in range(layer.num_channels) if c not in unit.tolist()])}, x)
+        assert (cost.params, cost.flops) == (count_parameters(net), count_flops(net, x)), layer.name
+
+
+def test_token_statistics_pool_over_tokens_as_over_space():
+    tokens = torch.randn(4, 7, 5, dtype=torch.float64)  # N x T x C
+    assert torch.equal(channel_maps(tokens, -1).mean(dim=(2, 3)), tokens.mean(dim=1))
+    channels_last = torch.randn(4, 3, 3, 5)  # N x H x W x C
+    assert torch.equal(channel_maps(channels_last, -1), channels_last.permute(0, 3, 1, 2))
+    assert channel_maps(torch.randn(4, 5), -1).shape == (4, 5, 1, 1)
+
+
+def test_statistics_of_an_mlp_hidden_width_read_the_token_mean_after_its_activation():
+    net, x = tiny_vit(), torch.randn(6, 3, 16, 16)
+    layers = [layer for layer in find_prunable_layers(net, x[:1]) if layer.name.endswith("layer_1.mlp.0")]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    stats = collect_statistics(net, layers, lambda: [(x, labels)], 3, bins=4, progress=False)
+    seen = []
+    handle = net.encoder.layers[1].mlp[1].register_forward_hook(lambda m, i, o: seen.append(o.double().mean(1)))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    s = stats[layers[0].name]
+    assert s.tap == "act" and s.num_images == 6
+    pooled = seen[0]
+    for c in range(pooled.shape[1]):
+        lo, hi = pooled[:, c].min(), pooled[:, c].max()
+        assert torch.allclose(s.edges[c, [0, -1]], torch.stack([lo, hi]), rtol=1e-6)
