@@ -1,14 +1,15 @@
 """Which networks of the zoo can be pruned? For every torchvision classification model
 (``torchvision.models.list_models(module=torchvision.models)``), segmentation model
 (``torchvision.models.segmentation``) and detection model (``torchvision.models.detection``, through
-``DetectionOutputs``), built with random weights (nothing downloaded) at 10 classes (GoogLeNet and Inception-v3
+``DetectionOutputs``) and one model per timm family (module; ``smallest_variant``, at the timm model's own input
+size), built with random weights (nothing downloaded) at 10 classes (GoogLeNet and Inception-v3
 without their auxiliary classifiers, which run only in training): find the channel groups, score them by weighted
 MI (``wmi``) on random images with random labels, remove 50% of the FLOPs by one global ranking, slim, check that
 the output has the structure and shapes it had before, then save the slimmed weights with their structure record
 (group -> width), rebuild the network from its constructor, slim it to the record (``pruning.slim.slim_to_widths``,
 what ``ImageClassifier`` does with ``structure``), load the weights strictly and compare outputs.
 
-    python -m benchmarks.prunability [--family classification segmentation detection] [--models PATTERN ...]
+    python -m benchmarks.prunability [--family classification segmentation detection timm] [--models PATTERN ...]
         [--size 224] [--images 8] [--records DIR] [--timeout 900] [--threads 2]
 
 Every model runs in its own process (a crash or a timeout is that model's failure, not the sweep's) and writes
@@ -17,7 +18,8 @@ A model is *prunable* when it has at least one group, at least 30% of its FLOPs 
 keeps its structure and the reloaded network gives the slimmed one's outputs (within 1e-4 of the output scale).
 
 Last line: JSON with ``torchvision_total``, ``torchvision_prunable`` (classification), ``segmentation_total``,
-``segmentation_prunable``, ``detection_total``, ``detection_prunable`` (of the families run) and ``failures``
+``segmentation_prunable``, ``detection_total``, ``detection_prunable``, ``timm_total``, ``timm_prunable`` (of the
+families run) and ``failures``
 (model -> reason)."""
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from infoprune.pruning.selection import select_global
 from infoprune.pruning.slim import slim, slim_to_widths
 
 FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation,
-            "detection": torchvision.models.detection}
+            "detection": torchvision.models.detection, "timm": None}
 FLOPS_KEPT = 0.5  #: the global budget: fraction of the FLOPs that remains
 MIN_REMOVED = 0.30  #: a model counts as prunable from this fraction of FLOPs removed
 NUM_CLASSES = 10
@@ -52,10 +54,40 @@ NUM_CLASSES = 10
 AUXILIARY_CLASSIFIERS = ("googlenet", "inception_v3")
 
 
+#: words timm uses for its smaller variants, smallest first (the model picked for a timm family)
+SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxs", "xxsmall", "micro", "xs", "xsmall", "tiny", "t", "mini", "small",
+              "s", "base", "b")
+
+
+def smallest_variant(names: list[str]) -> str:
+    """The model of a family that names itself smallest: the earliest ``SIZE_WORDS`` entry among its name's
+    ``_``-separated words, then the shortest name, then alphabetical."""
+    def rank(name: str) -> tuple:
+        words = set(name.split("_"))
+        return min((i for i, w in enumerate(SIZE_WORDS) if w in words), default=len(SIZE_WORDS)), len(name), name
+    return min(names, key=rank)
+
+
 def model_names(family: str, patterns: list[str]) -> list[str]:
-    """The family's models (torchvision's registry), filtered by shell-style ``patterns`` when given."""
-    names = torchvision.models.list_models(module=FAMILIES[family])
+    """The family's models (torchvision's registry; for ``timm``, one model per timm module, ``smallest_variant``),
+    filtered by shell-style ``patterns`` when given."""
+    if family == "timm":
+        import timm
+
+        names = [smallest_variant(timm.list_models(module=module)) for module in timm.list_modules()
+                 if timm.list_models(module=module)]
+    else:
+        names = torchvision.models.list_models(module=FAMILIES[family])
     return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def native_size(family: str, name: str, size: int) -> int:
+    """The input size a model is built for: a timm model's own (its ``pretrained_cfg``), ``size`` otherwise."""
+    if family != "timm":
+        return size
+    import timm
+
+    return int(timm.create_model(name, pretrained=False).pretrained_cfg.get("input_size", (3, size, size))[-1])
 
 
 class DetectionOutputs(torch.nn.Module):
@@ -92,6 +124,10 @@ class DetectionOutputs(torch.nn.Module):
 def build(family: str, name: str) -> torch.nn.Module:
     """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
     torch.manual_seed(0)
+    if family == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
     extra = {"segmentation": {"weights_backbone": None, "aux_loss": False},
              "detection": {"weights_backbone": None}}.get(family, {})
     if name in AUXILIARY_CLASSIFIERS:
@@ -217,7 +253,7 @@ def run_one(family: str, name: str, args: argparse.Namespace) -> dict:
 def child(family: str, name: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     try:
-        record = check_model(family, name, args.size, args.images)
+        record = check_model(family, name, native_size(family, name, args.size), args.images)
     except Exception as error:  # noqa: BLE001 - any failure of a model is its record
         last = traceback.format_exception_only(error)[-1].strip()
         record = {"family": family, "model": name, "failure": f"{type(error).__name__} in pruning: {last[:300]}"}
@@ -273,7 +309,7 @@ def main() -> None:
     figures: dict = {"failures": {r["model"]: r["failure"] for r in records if not prunable(r)},
                      "input_size": args.size, "flops_kept_target": FLOPS_KEPT}
     for family, key in (("classification", "torchvision"), ("segmentation", "segmentation"),
-                        ("detection", "detection")):
+                        ("detection", "detection"), ("timm", "timm")):
         mine = [r for r in records if r["family"] == family]
         if mine:
             figures[f"{key}_total"] = len(mine)

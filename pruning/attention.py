@@ -1,4 +1,13 @@
-"""Attention modules whose inner width is their embedding width.
+"""Attention modules as seen by channel pruning.
+
+**Linear-pair attention** (timm's ``Attention`` and every module built the same way: a ``qkv`` linear layer, a
+``proj`` linear layer and a fixed ``head_dim``/``num_heads``) reads its input channels through ``qkv`` and writes
+its output channels through ``proj``; its heads in between have a width of their own. ``LinearPairPruner`` makes
+such a module one node of Torch-Pruning's dependency graph: removing input channels removes ``qkv``'s columns,
+removing output channels ``proj``'s rows, and the heads are left whole (the tracer would otherwise tie the fused
+query-key-value output to the output projection through the reshape into heads, which it cannot map).
+
+**Tied attention**: the rest of this docstring.
 
 ``nn.MultiheadAttention`` and torchvision's Swin window attention project a token of width ``E`` to queries, keys
 and values of width ``E`` each (one fused projection, ``3E x E``), split them into ``num_heads`` heads of
@@ -23,6 +32,33 @@ def attention_projections(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter
     if isinstance(module, nn.MultiheadAttention):
         return module.in_proj_weight, module.in_proj_bias, module.out_proj
     return module.qkv.weight, module.qkv.bias, module.proj
+
+
+class LinearPairPruner(tp.pruner.function.BasePruningFunc):
+    """Input channels of a linear-pair attention module are ``qkv``'s input features, its output channels
+    ``proj``'s output features."""
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        tp.prune_linear_in_channels(layer.qkv, idxs)
+        return layer
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        tp.prune_linear_out_channels(layer.proj, idxs)
+        return layer
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.qkv.in_features
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.proj.out_features
+
+
+def is_linear_pair(module: nn.Module) -> bool:
+    """A module with ``qkv`` and ``proj`` linear layers, ``qkv`` three times as wide as ``proj``'s input, and
+    ``num_heads`` (not a tied attention class)."""
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(getattr(module, "num_heads", None), int)
+            and qkv.out_features == 3 * proj.in_features and type(module) not in tied_attention_pruners())
 
 
 def _inner_rows(width: int, idxs) -> torch.Tensor:
@@ -65,14 +101,29 @@ def is_tied_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_pruners()
 
 
+def attention_tokens(module: nn.Module, output) -> int:
+    """Tokens an attention module projects for one image: its output's (``N x T x E``, the first of an
+    ``nn.MultiheadAttention``'s outputs); a Swin window attention's ``N x H x W x E`` output padded up to whole
+    windows, as it computes them."""
+    output = output[0] if isinstance(output, tuple) else output
+    window = getattr(module, "window_size", None)
+    if window is None or output.dim() != 4:
+        return output.numel() // output.shape[-1]
+    (h, w), (wh, ww) = output.shape[1:3], window
+    return output.shape[0] * -(-h // wh) * wh * -(-w // ww) * ww
+
+
 def attention_cost(module: nn.Module, width: int, tokens: int) -> tuple[int, int]:
-    """(parameters, FLOPs per image) of an attention module's projections at width ``E``, as ``count_parameters``
-    and ``torch.utils.flop_counter`` count them: ``4 E^2`` weights plus ``4 E`` biases, and ``8 E^2 T`` FLOPs over
-    ``T`` tokens (the products of queries, keys and values run in kernels the FLOP counter does not count, and are
-    left out)."""
+    """(parameters, FLOPs per image) of an attention module at width ``E`` over ``T`` tokens, as
+    ``count_parameters`` and ``torch.utils.flop_counter`` count them: ``4 E^2`` projection weights plus ``4 E``
+    biases, and ``8 E^2 T`` projection FLOPs; a Swin window attention's products of queries with keys and of
+    attention with values are explicit matrix products, ``4 T A E`` FLOPs over windows of ``A`` positions, while
+    ``nn.MultiheadAttention`` runs them in a fused kernel the counter does not count."""
     weight, bias, out = attention_projections(module)
     biases = 3 * width * (bias is not None) + width * (out.bias is not None)
-    return 4 * width * width + biases, 8 * width * width * tokens
+    window = getattr(module, "window_size", None)
+    products = 4 * tokens * window[0] * window[1] * width if window is not None else 0
+    return 4 * width * width + biases, 8 * width * width * tokens + products
 
 
 @torch.no_grad()

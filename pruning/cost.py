@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from infoprune.pruning.attention import attention_cost, attention_projections, is_tied_attention
+from infoprune.pruning.attention import attention_cost, attention_projections, attention_tokens, is_tied_attention
 from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
 
 
@@ -53,7 +53,8 @@ def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.M
 
     def count(module, inputs, output):
         if is_tied_attention(module):
-            output = output[0] if isinstance(output, tuple) else output
+            positions[module] = positions.get(module, 0) + attention_tokens(module, output)
+            return
         channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
         positions[module] = positions.get(module, 0) + output.numel() // channels
 
@@ -83,6 +84,8 @@ class PruningCost:
         self.in_kept = {m: m.weight.shape[1] * self.groups[m] for m in self.positions}
         self.reads = {layer.name: [(c.module, Counter(c.root_idxs.tolist())) for c in layer.consumers]
                       for layer in layers}
+        self.norm_entries = {layer.name: [(norm, Counter(norm.root_idxs.tolist())) for norm in layer.norms]
+                             for layer in layers}
         self.members = {layer.name: {member.module for member in layer.members} for layer in layers}
         self.removed: set[tuple[str, int]] = set()
 
@@ -99,7 +102,8 @@ class PruningCost:
             params += per_out + (conv.bias is not None) + 2 * ("bn" in member.taps)
             flops += 2 * per_out * self.positions[conv]
         layer = self.layers[name]
-        params += sum((norm.weight is not None) + (norm.bias is not None) for norm in layer.norms)
+        params += sum(((norm.module.weight is not None) + (norm.module.bias is not None)) * count[channel]
+                      for norm, count in self.norm_entries[name])
         params += sum(parameter.numel() // parameter.shape[axis] for parameter, axis in layer.parameters)
         members = self.members[name]
         for module, counter in self.reads[name]:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.shape_infer import infer_channels_between
 
-from infoprune.pruning.attention import is_tied_attention, tied_attention_pruners
+from infoprune.pruning.attention import LinearPairPruner, is_linear_pair, is_tied_attention, tied_attention_pruners
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,10 @@ class PrunableLayer:
     #: other modules whose outputs carry the group's channels and that mask them themselves
     #: (``mask_out_channels(removed)``, e.g. ResNet's zero-padding shortcut)
     self_masking: list[nn.Module] = field(default_factory=list)
-    #: layer norms that normalize over the group's channels (masked by normalizing over the kept ones)
-    norms: list[nn.Module] = field(default_factory=list)
+    #: layer norms that normalize over the group's channels (masked by normalizing over the kept ones), as consumers:
+    #: entry ``idxs[i]`` of the norm carries channel ``root_idxs[i]`` (several entries per channel after a
+    #: concatenation of spatial neighbours, as Swin's patch merging)
+    norms: list[Consumer] = field(default_factory=list)
     #: parameters outside any layer that carry the channels, with the axis they lie on (a class token, positional
     #: embeddings, ConvNeXt's layer scale)
     parameters: list[tuple[nn.Parameter, int]] = field(default_factory=list)
@@ -137,19 +141,63 @@ def preserved_modes(model: nn.Module):
 def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
     """How Torch-Pruning prunes the modules of ``model`` its tracer cannot see into: a module class with a
     ``dependency_pruner`` attribute (a ``tp.pruner.function.BasePruningFunc``) says itself how its channels map
-    (``models.resnet.PadShortcut``); the attention modules of ``pruning.attention.tied_attention_pruners``."""
+    (``models.resnet.PadShortcut``); the attention modules of ``pruning.attention`` (tied and linear-pair)."""
     known = tied_attention_pruners()
     custom = {type(m): type(m).dependency_pruner for m in model.modules() if hasattr(type(m), "dependency_pruner")}
     custom.update({type(m): known[type(m)] for m in model.modules() if type(m) in known})
+    custom.update({type(m): LinearPairPruner() for m in model.modules() if is_linear_pair(m)})
     return custom
 
 
-def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` (with ``customized_pruners``); parameters outside any layer
-    (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1."""
+def _slice_cuts_the_channels(graph, node) -> bool:
+    """Whether a slice cuts its input's channels: it is not the whole axis, and the sliced axis is as long as the
+    channels Torch-Pruning infers for the input (a channels-last tensor's spatial slice, as Swin's patch merging's
+    ``x[..., 0::2, 0::2, :]``, is not)."""
+    sizes, axis = getattr(node.grad_fn, "_saved_self_sym_sizes", None), node.module.dim
+    if sizes is None or not 0 <= axis < len(sizes):
+        return True
+    if node.module.start == 0 and node.module.step == 1 and node.module.end >= sizes[axis]:
+        return False
+    channels = [infer_channels_between(graph, source, node) for source in node.inputs]
+    return all(c is None or c == sizes[axis] for c in channels)
+
+
+@contextmanager
+def _channels_last_slices():
+    """Torch-Pruning's index mapping with a slice mapping channels only when it cuts them
+    (``_slice_cuts_the_channels``): its own rule takes axis 1 of every 4-d tensor for the channels."""
+    original = index_mapping.update_slice_index_mapping
+
+    def update_slice(graph, node):
+        if _slice_cuts_the_channels(graph, node):
+            original(graph, node)
+
+    index_mapping.update_slice_index_mapping = update_slice
+    try:
+        yield
+    finally:
+        index_mapping.update_slice_index_mapping = original
+
+
+class DependencyGraph(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph with channels-last slices left unmapped (``_channels_last_slices``) when it
+    is built and whenever it maps a group's indices."""
+
+    def build_dependency(self, *args, **kwargs) -> "DependencyGraph":
+        with _channels_last_slices():
+            return super().build_dependency(*args, **kwargs)
+
+    def get_pruning_group(self, *args, **kwargs) -> tp.Group:
+        with _channels_last_slices():
+            return super().get_pruning_group(*args, **kwargs)
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
+    """The dependency graph of ``model`` (``DependencyGraph``, with ``customized_pruners``); parameters outside any
+    layer (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1."""
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
-                                                     customized_pruners=customized_pruners(model))
+        return DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
+                                                  customized_pruners=customized_pruners(model))
 
 
 #: activations whose output is a tap point (``act``)
@@ -261,8 +309,10 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int])
 
 
 def _member(module: nn.Module, names: dict, calls: list[_Call], reused: set[nn.Module]) -> Member | None:
-    """The group member behind an out-channel operation's module, if it makes the channels: a convolution or a
-    linear layer."""
+    """The group member behind an out-channel operation's module, if it makes the channels: a convolution, a
+    linear layer, a linear-pair attention's output projection."""
+    if is_linear_pair(module):
+        module = module.proj
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         axis = 1 if isinstance(module, nn.Conv2d) else -1
         return Member(names[module], module, _following_taps(module, calls, reused, axis), channel_axis=axis)
@@ -271,8 +321,9 @@ def _member(module: nn.Module, names: dict, calls: list[_Call], reused: set[nn.M
 
 def _consumer(item) -> Consumer | None:
     """The layer behind an in-channel operation of a Torch-Pruning group, if it reads the channels with weights of
-    its own (an ordinary convolution, a linear layer)."""
+    its own (an ordinary convolution, a linear layer, a linear-pair attention's ``qkv``)."""
     module = item.dep.target.module
+    module = module.qkv if is_linear_pair(module) else module
     if not isinstance(module, (nn.Conv2d, nn.Linear)) or _is_depthwise(module):
         return None
     return Consumer(module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
@@ -341,7 +392,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         layers.append(PrunableLayer(
             members[0].name, members, consumers,
             self_masking=[m for m in targets if hasattr(m, "mask_out_channels")],
-            norms=[m for m in targets if isinstance(m, nn.LayerNorm)],
+            norms=[Consumer(item.dep.target.module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
+                   for item in group if _is_op(item, "prune_out_channels")
+                   and isinstance(item.dep.target.module, nn.LayerNorm)],
             parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped],
             attentions=attentions, dependency_group=group, channel_groups=channel_groups))
     return layers

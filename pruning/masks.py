@@ -93,7 +93,7 @@ def apply_channel_masks(layers: list[PrunableLayer], keep: Mapping[str, torch.Te
         for tensor, axis in _masked_tensors(layer):
             tensor.index_fill_(axis, removed, 0.0)
         for norm in layer.norms:
-            MaskedNormalization.mask(norm, removed)
+            MaskedNormalization.mask(norm.module, norm.idxs[torch.isin(norm.root_idxs, removed.cpu())])
         for attention in layer.attentions:
             mask_attention(attention, removed)
         for module in layer.self_masking:
