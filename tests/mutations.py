@@ -228,6 +228,22 @@ MUTATIONS = [
              "positions[module] = positions.get(module, 0) + output.numel() // channels",
              "positions[module] = output.numel() // channels",
              ("tests/test_structures.py::test_the_cost_of_removing_any_one_channel_is_what_slimming_it_saves",)),
+    Mutation("channels-last slices", "pruning/layers.py",
+             "        if _slice_cuts_the_channels(graph, node):", "        if True:",
+             ("tests/test_transformers.py::test_swin_window_attention_and_patch_merging_prune_with_their_stage",)),
+    Mutation("layer norms masked over the kept channels", "pruning/masks.py",
+             "            MaskedNormalization.mask(norm.module, norm.idxs[torch.isin(norm.root_idxs, removed.cpu())])",
+             "            pass",
+             ("tests/test_transformers.py::test_convnext_masked_equals_slimmed_with_exact_widths",)),
+    Mutation("window attention padded to whole windows", "pruning/attention.py",
+             "    if window is None or output.dim() != 4:", "    if True:",
+             ("tests/test_transformers.py::test_swin_costs_are_exact_with_padded_windows",)),
+    Mutation("layer norm entries per channel", "pruning/cost.py",
+             "(norm.module.bias is not None)) * count[channel]", "(norm.module.bias is not None))",
+             ("tests/test_transformers.py::test_swin_costs_are_exact_with_padded_windows",)),
+    Mutation("linear-pair attention as one node", "pruning/layers.py",
+             "    custom.update({type(m): LinearPairPruner() for m in model.modules() if is_linear_pair(m)})\n", "",
+             ("tests/test_transformers.py::test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune",)),
 ]
 
 

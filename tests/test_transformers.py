@@ -153,3 +153,68 @@ def test_statistics_of_an_mlp_hidden_width_read_the_token_mean_after_its_activat
     for c in range(pooled.shape[1]):
         lo, hi = pooled[:, c].min(), pooled[:, c].max()
         assert torch.allclose(s.edges[c, [0, -1]], torch.stack([lo, hi]), rtol=1e-6)
+
+
+def tiny_swin() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return randomized(SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2, 1], num_heads=[2, 2],
+                                      window_size=[2, 2], num_classes=5)).eval()
+
+
+def test_swin_window_attention_and_patch_merging_prune_with_their_stage():
+    net, x = tiny_swin(), torch.randn(2, 3, 12, 12)  # 6 x 6 then 3 x 3 tokens: the second stage pads its windows
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    assert sorted(layers) == ["features.0.0", "features.1.0.mlp.0", "features.1.1.mlp.0", "features.2.reduction",
+                              "features.3.0.mlp.0"]
+    stage = layers["features.0.0"]
+    assert stage.channel_groups == 2 and len(stage.attentions) == 2
+    merging = next(norm for norm in stage.norms if norm.module is net.features[2].norm)  # over 4 x 8 channels
+    assert sorted(merging.idxs[merging.root_idxs == 3].tolist()) == [3, 11, 19, 27]
+    keep = keep_all_but(list(layers.values()), {"features.0.0": 1, "features.2.reduction": 3})
+    slim(net, list(layers.values()), keep, x[:1])
+    attention = net.features[1][0].attn
+    assert (attention.qkv.in_features, attention.qkv.out_features, attention.proj.out_features) == (6, 18, 6)
+    assert net.features[2].norm.normalized_shape == (24,) and net.features[2].reduction.out_features == 10
+    assert net(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("build, size", [(tiny_swin, 12)])
+def test_swin_costs_are_exact_with_padded_windows(build, size):
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
+
+
+def test_swin_mlp_hidden_widths_masked_equal_slimmed():
+    net, x = tiny_swin(), torch.randn(2, 3, 12, 12)
+    layers = find_prunable_layers(net, x[:1])
+    keep = keep_all_but(layers, {"features.1.0.mlp.0": 9, "features.3.0.mlp.0": 20})
+    expected, got = masked_and_slimmed(net, keep, x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def tiny_timm_vit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    torch.manual_seed(0)
+    return randomized(TimmViT(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5)).eval()
+
+
+def test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune():
+    net, x = tiny_timm_vit(), torch.randn(2, 3, 16, 16)
+    layers = find_prunable_layers(net, x[:1])
+    assert sorted(layer.name for layer in layers) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1", "patch_embed.proj"]
+    embed = next(layer for layer in layers if layer.name == "patch_embed.proj")
+    assert net.blocks[0].attn.proj in {m.module for m in embed.members}  # written by the output projection
+    assert net.blocks[0].attn.qkv in {c.module for c in embed.consumers}  # read by the fused projection
+    keep = keep_all_but(layers, {"patch_embed.proj": 5, "blocks.0.mlp.fc1": 30})
+    expected, got = masked_and_slimmed(net, keep, x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()  # the heads are untouched: exact
+    attention = net.blocks[0].attn
+    assert (attention.qkv.in_features, attention.qkv.out_features, attention.num_heads) == (11, 48, 2)
+    assert net.blocks[0].mlp.fc1.out_features == 34
+
+
+@pytest.mark.parametrize("build, size", [(tiny_timm_vit, 16)])
+def test_timm_vit_costs_are_exact(build, size):
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
