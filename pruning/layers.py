@@ -179,13 +179,37 @@ def _channels_last_slices():
         index_mapping.update_slice_index_mapping = original
 
 
+#: Torch-Pruning's node types that are operations on tensors, not layers with weights
+_TENSOR_OPERATIONS = {tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT,
+                      tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.OUTPUT}
+
+
 class DependencyGraph(tp.DependencyGraph):
     """Torch-Pruning's dependency graph with channels-last slices left unmapped (``_channels_last_slices``) when it
-    is built and whenever it maps a group's indices."""
+    is built and whenever it maps a group's indices, and without the operations that lead only to the network's
+    outputs (``_drop_dead_ends``)."""
 
     def build_dependency(self, *args, **kwargs) -> "DependencyGraph":
         with _channels_last_slices():
-            return super().build_dependency(*args, **kwargs)
+            super().build_dependency(*args, **kwargs)
+        self._drop_dead_ends()
+        return self
+
+    def _drop_dead_ends(self) -> None:
+        """Forget the tensor operations from which no layer is reached (a detection head's outputs reshaped and
+        concatenated over the levels of a feature pyramid): a group never needs them, and Torch-Pruning would map
+        every output position of them, millions of indices per group."""
+        nodes = list(self.module2node.values())
+        live = {node for node in nodes if node.type not in _TENSOR_OPERATIONS}
+        frontier = list(live)
+        while frontier:
+            for source in frontier.pop().inputs:
+                if source not in live:
+                    live.add(source)
+                    frontier.append(source)
+        for node in nodes:
+            node.outputs = [n for n in node.outputs if n in live]
+            node.dependencies = [d for d in node.dependencies if d.target in live]
 
     def get_pruning_group(self, *args, **kwargs) -> tp.Group:
         with _channels_last_slices():
