@@ -22,6 +22,8 @@ sees them: ``TiedAttentionPruner`` makes the module one node of the dependency g
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -31,7 +33,9 @@ def attention_projections(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter
     """The fused query-key-value weight (``3E x E``) and bias and the output projection of an attention module."""
     if isinstance(module, nn.MultiheadAttention):
         return module.in_proj_weight, module.in_proj_bias, module.out_proj
-    return module.qkv.weight, module.qkv.bias, module.proj
+    parts = tied_attention_classes()[type(module)]
+    reader = getattr(module, parts.reader)
+    return reader.weight, reader.bias, getattr(module, parts.writer)
 
 
 class LinearPairPruner(tp.pruner.function.BasePruningFunc):
@@ -58,7 +62,7 @@ def is_linear_pair(module: nn.Module) -> bool:
     ``num_heads`` (not a tied attention class)."""
     qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
     return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(getattr(module, "num_heads", None), int)
-            and qkv.out_features == 3 * proj.in_features and type(module) not in tied_attention_pruners())
+            and qkv.out_features == 3 * proj.in_features and type(module) not in tied_attention_classes())
 
 
 def _inner_rows(width: int, idxs) -> torch.Tensor:
@@ -66,39 +70,79 @@ def _inner_rows(width: int, idxs) -> torch.Tensor:
     return torch.cat([idxs + k * width for k in range(3)])
 
 
+@dataclass(frozen=True)
+class TiedAttention:
+    """Where a tied attention class keeps its parts: the fused query-key-value layer, the output projection, the
+    head count and, where the class keeps it as an attribute its forward pass reads, the head dimension."""
+
+    reader: str = "qkv"
+    writer: str = "proj"
+    heads: str = "num_heads"
+    head_dim: str | None = None
+
+
 class TiedAttentionPruner(tp.pruner.function.BasePruningFunc):
-    """Torch-Pruning's pruning of a Swin window attention module (``qkv`` and ``proj`` linear layers), whose input
-    and output are one width (the residual width of its block): removing output channels ``c`` removes ``proj``'s
-    rows ``c``, the same inner dimensions (``qkv``'s rows ``c``, ``E + c``, ``2E + c`` and ``proj``'s column ``c``)
-    and the same input channels (``qkv``'s column ``c``). Input channels alone are never removed: the tracer
+    """Torch-Pruning's pruning of a tied attention module (torchvision's Swin window attention, MaxViT's relative
+    attention), whose input and output are one width (the residual width of its block): removing output channels
+    ``c`` removes the output projection's rows ``c``, the same inner dimensions (the fused layer's rows ``c``,
+    ``E + c``, ``2E + c`` and the output projection's column ``c``) and the same input channels (the fused layer's
+    column ``c``), and updates a head-dimension attribute. Input channels alone are never removed: the tracer
     reaches the input through the shifted window's slicing, whose channel mapping it gets wrong."""
+
+    def __init__(self, parts: TiedAttention) -> None:
+        super().__init__()
+        self.parts = parts
 
     def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
         return layer
 
     def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        tp.prune_linear_out_channels(layer.qkv, _inner_rows(layer.proj.out_features, idxs).tolist())
-        tp.prune_linear_in_channels(layer.qkv, idxs)
-        tp.prune_linear_in_channels(layer.proj, idxs)
-        tp.prune_linear_out_channels(layer.proj, idxs)
+        reader, writer = getattr(layer, self.parts.reader), getattr(layer, self.parts.writer)
+        tp.prune_linear_out_channels(reader, _inner_rows(writer.out_features, idxs).tolist())
+        tp.prune_linear_in_channels(reader, idxs)
+        tp.prune_linear_in_channels(writer, idxs)
+        tp.prune_linear_out_channels(writer, idxs)
+        if self.parts.head_dim is not None:
+            setattr(layer, self.parts.head_dim, writer.out_features // getattr(layer, self.parts.heads))
         return layer
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.qkv.in_features
+        return getattr(layer, self.parts.reader).in_features
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.proj.out_features
+        return getattr(layer, self.parts.writer).out_features
+
+
+def tied_attention_classes() -> dict[type, TiedAttention]:
+    """The tied attention classes: torchvision's Swin and Swin V2 window attention and MaxViT's relative
+    attention."""
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+    return {ShiftedWindowAttention: TiedAttention(), ShiftedWindowAttentionV2: TiedAttention(),
+            RelativePositionalMultiHeadAttention: TiedAttention("to_qkv", "merge", "n_heads", "head_dim")}
 
 
 def tied_attention_pruners() -> dict[type, TiedAttentionPruner]:
-    """The attention classes ``TiedAttentionPruner`` handles: torchvision's Swin and Swin V2 window attention."""
-    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
-
-    return {ShiftedWindowAttention: TiedAttentionPruner(), ShiftedWindowAttentionV2: TiedAttentionPruner()}
+    return {cls: TiedAttentionPruner(parts) for cls, parts in tied_attention_classes().items()}
 
 
 def is_tied_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_pruners()
+    return isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_classes()
+
+
+def attention_heads(module: nn.Module) -> int:
+    """The head count of a tied attention module."""
+    if isinstance(module, nn.MultiheadAttention):
+        return module.num_heads
+    return getattr(module, tied_attention_classes()[type(module)].heads)
+
+
+def window_area(module: nn.Module) -> int | None:
+    """Positions of one attention window: a Swin window's, a MaxViT partition's; None for global attention."""
+    if getattr(module, "window_size", None) is not None:
+        return module.window_size[0] * module.window_size[1]
+    return getattr(module, "max_seq_len", None)
 
 
 def attention_tokens(module: nn.Module, output) -> int:
@@ -116,13 +160,13 @@ def attention_tokens(module: nn.Module, output) -> int:
 def attention_cost(module: nn.Module, width: int, tokens: int) -> tuple[int, int]:
     """(parameters, FLOPs per image) of an attention module at width ``E`` over ``T`` tokens, as
     ``count_parameters`` and ``torch.utils.flop_counter`` count them: ``4 E^2`` projection weights plus ``4 E``
-    biases, and ``8 E^2 T`` projection FLOPs; a Swin window attention's products of queries with keys and of
-    attention with values are explicit matrix products, ``4 T A E`` FLOPs over windows of ``A`` positions, while
+    biases, and ``8 E^2 T`` projection FLOPs; a Swin or MaxViT window attention's products of queries with keys and
+    of attention with values are explicit matrix products, ``4 T A E`` FLOPs over windows of ``A`` positions, while
     ``nn.MultiheadAttention`` runs them in a fused kernel the counter does not count."""
     weight, bias, out = attention_projections(module)
     biases = 3 * width * (bias is not None) + width * (out.bias is not None)
-    window = getattr(module, "window_size", None)
-    products = 4 * tokens * window[0] * window[1] * width if window is not None else 0
+    area = window_area(module)
+    products = 4 * tokens * area * width if area is not None else 0
     return 4 * width * width + biases, 8 * width * width * tokens + products
 
 

@@ -15,7 +15,13 @@ import torch_pruning as tp
 from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.shape_infer import infer_channels_between
 
-from infoprune.pruning.attention import LinearPairPruner, is_linear_pair, is_tied_attention, tied_attention_pruners
+from infoprune.pruning.attention import (
+    LinearPairPruner,
+    attention_heads,
+    is_linear_pair,
+    is_tied_attention,
+    tied_attention_pruners,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +201,35 @@ class DependencyGraph(tp.DependencyGraph):
         self._drop_dead_ends()
         return self
 
+    def _trace(self, model, *args, **kwargs):
+        """Torch-Pruning's trace, with every module that has a customized pruner read as one operation from its
+        inputs to its output: the tracer also walks the operations inside it (a fused query-key-value output split
+        into three), which would tie its input channels to three times as many."""
+        inputs: dict[nn.Module, set] = {}
+
+        def record(module, args):
+            inputs[module] = {x.grad_fn for x in args if isinstance(x, torch.Tensor) and x.grad_fn is not None}
+
+        custom = tuple(t for t in self.CUSTOMIZED_PRUNERS if isinstance(t, type))
+        hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, custom)]
+        try:
+            module2node = super()._trace(model, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        by_grad_fn = {node.grad_fn: node for node in module2node.values()}
+        for module, grad_fns in inputs.items():
+            node = module2node.get(module)
+            sources = [by_grad_fn[fn] for fn in grad_fns if fn in by_grad_fn]
+            if node is None or not sources:
+                continue
+            for source in node.inputs:
+                source.outputs = [n for n in source.outputs if n is not node]
+            node.inputs = sources
+            for source in sources:
+                source.outputs.append(node)
+        return module2node
+
     def _drop_dead_ends(self) -> None:
         """Forget the tensor operations from which no layer is reached (a detection head's outputs reshaped and
         concatenated over the levels of a feature pyramid): a group never needs them, and Torch-Pruning would map
@@ -369,9 +404,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     pruning operations on ordinary convolutions and linear layers, with Torch-Pruning's index mapping (several
     inputs per channel after a flatten). Channels that grouped (not depthwise) convolutions produce or read are
     pruned block-symmetrically (``channel_groups``: the least common multiple of those convolutions' ``groups``),
-    as are channels that an attention module splits into heads (``num_heads``, ``pruning.attention``). A group whose members differ
-    in width (an operation the graph cannot map, as the fused query-key-value output an attention module splits)
-    or that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) is not
+    as are channels that an attention module splits into heads (its head count, ``pruning.attention``). A group
+    whose members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
+    heads) or that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) is not
     prunable here and is left out (logged). The tap points of every member follow its output through the forward
     pass (``_following_taps``). A convolution that the forward pass in eval mode never calls (an auxiliary
     classifier run only in training) is an error: the channels it reads could not be kept consistent.
@@ -412,7 +447,7 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         attentions = [m for m in targets if is_tied_attention(m)]
         channel_groups = math.lcm(*(convolution_groups(m.module) for m in members),
                                   *(convolution_groups(c.module) for c in consumers),
-                                  *(m.num_heads for m in attentions))
+                                  *(attention_heads(m) for m in attentions))
         layers.append(PrunableLayer(
             members[0].name, members, consumers,
             self_masking=[m for m in targets if hasattr(m, "mask_out_channels")],
