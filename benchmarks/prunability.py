@@ -61,9 +61,9 @@ SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxs", "xxsmall", "micro", "xs", 
 
 def smallest_variant(names: list[str]) -> str:
     """The model of a family that names itself smallest: the earliest ``SIZE_WORDS`` entry among its name's
-    ``_``-separated words, then the shortest name, then alphabetical."""
+    ``_``-separated words (trailing digits dropped: ``xxs24``), then the shortest name, then alphabetical."""
     def rank(name: str) -> tuple:
-        words = set(name.split("_"))
+        words = {word.rstrip("0123456789") for word in name.split("_")}
         return min((i for i, w in enumerate(SIZE_WORDS) if w in words), default=len(SIZE_WORDS)), len(name), name
     return min(names, key=rank)
 
