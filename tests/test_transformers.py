@@ -218,3 +218,25 @@ def test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune
 @pytest.mark.parametrize("build, size", [(tiny_timm_vit, 16)])
 def test_timm_vit_costs_are_exact(build, size):
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
+
+
+TINY_NETS = {
+    "vit": ["model=vit_b_16_tv", "~model.net", "+model.net={_target_:torchvision.models.vision_transformer."
+            "VisionTransformer,image_size:8,patch_size:2,num_layers:1,num_heads:2,hidden_dim:16,mlp_dim:24}"],
+    "convnext": ["model=timm", "model.net.model_name=convnext_atto", "datamodule.resize=32"],
+}
+
+
+@pytest.mark.parametrize("net", sorted(TINY_NETS))
+def test_prune_fine_tune_and_reload_a_transformer_through_the_command_line_configs(tmp_path, net):
+    from infoprune.pipeline import prune
+    from infoprune.training import train
+    from tests.conftest import FAST, compose_config
+    from tests.test_prune import QUICK
+
+    overrides = TINY_NETS[net] + ["pruning/scope=global", "pruning.target=0.5", "pruning.stats.num_images=256"]
+    results = prune(compose_config("prune", QUICK + overrides + ["trainer.max_epochs=1"], tmp_path / "prune"))
+    assert results["params_remaining"] < 0.9
+    tested = train(compose_config("train", FAST + ["trainer.accelerator=cpu"] + TINY_NETS[net]
+                                  + [f"init_from={tmp_path / 'prune' / 'final.ckpt'}", "train=false"], tmp_path / "test"))
+    assert tested["test/acc"] == pytest.approx(results["acc_finetuned"], abs=1e-6)
