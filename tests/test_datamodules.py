@@ -228,3 +228,15 @@ def test_real_mnist_matches_the_documented_facts():
     assert len(dm.train_set) == 60000 and len(dm.test_set) == 10000
     assert in_file_order(dm.test_set.labels)[0] == 7  # the first image of the t10k file
     assert abs(dm.train_set.images.float().mean().item() / 255 - 0.1307) < 1e-3
+
+
+def test_resize_scales_every_batch_on_the_device_and_sets_the_input_shape():
+    from infoprune.datamodules import DigitsDataModule
+
+    dm = DigitsDataModule(resize=16)
+    assert dm.input_shape == (1, 16, 16)
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert dm.transform_batch(images, train=False).shape == (3, 1, 16, 16)
+    assert DigitsDataModule().transform_batch(images, train=False).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="resize"):
+        DigitsDataModule(resize=0)
