@@ -404,7 +404,9 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     pruning operations on ordinary convolutions and linear layers, with Torch-Pruning's index mapping (several
     inputs per channel after a flatten). Channels that grouped (not depthwise) convolutions produce or read are
     pruned block-symmetrically (``channel_groups``: the least common multiple of those convolutions' ``groups``),
-    as are channels that an attention module splits into heads (its head count, ``pruning.attention``). A group
+    as are channels that an attention module splits into heads (its head count, ``pruning.attention``) or a group
+    norm into groups (``num_groups``: every group keeps as many channels; its affine entries are masked as loose
+    parameters, while its statistics still include a masked channel's zeros). A group
     whose members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
     heads) or that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) is not
     prunable here and is left out (logged). The tap points of every member follow its output through the forward
@@ -445,15 +447,17 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
                      [member.name for member in members])
             continue
         attentions = [m for m in targets if is_tied_attention(m)]
+        group_norms = [m for m in targets if isinstance(m, nn.GroupNorm)]
         channel_groups = math.lcm(*(convolution_groups(m.module) for m in members),
                                   *(convolution_groups(c.module) for c in consumers),
-                                  *(attention_heads(m) for m in attentions))
+                                  *(attention_heads(m) for m in attentions), *(m.num_groups for m in group_norms))
         layers.append(PrunableLayer(
             members[0].name, members, consumers,
             self_masking=[m for m in targets if hasattr(m, "mask_out_channels")],
             norms=[Consumer(item.dep.target.module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
                    for item in group if _is_op(item, "prune_out_channels")
                    and isinstance(item.dep.target.module, nn.LayerNorm)],
-            parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped],
+            parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped]
+            + [(p, 0) for m in group_norms for p in (m.weight, m.bias) if p is not None],
             attentions=attentions, dependency_group=group, channel_groups=channel_groups))
     return layers

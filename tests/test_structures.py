@@ -238,3 +238,34 @@ class AuxiliaryInTraining(nn.Module):
 def test_a_convolution_the_forward_pass_never_calls_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\['aux'\] are not called by the network's forward pass.*aux_logits=False"):
         find_prunable_layers(AuxiliaryInTraining(), torch.randn(1, 3, 8, 8))
+
+
+class GroupNormHead(nn.Module):
+    """FCOS-style head convolutions, each followed by a GroupNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tower = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                                   nn.Conv2d(16, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 3, 1))
+
+    def forward(self, x):
+        return self.tower(x)
+
+
+def test_group_norm_channels_go_one_position_per_group_and_cost_exactly():
+    x = torch.randn(2, 3, 8, 8)
+    layers = find_prunable_layers(GroupNormHead(), x[:1])
+    assert [(layer.name, layer.channel_groups) for layer in layers] == [("tower.0", 4), ("tower.3", 2)]
+    for layer in layers:
+        net = GroupNormHead()
+        found = find_prunable_layers(net, x[:1])
+        cost = PruningCost(net, found, x[:1])
+        unit = layer.unit_channels(torch.tensor([1]))
+        for channel in unit.tolist():
+            cost.remove(layer.name, channel)
+        keep = {other.name: torch.arange(other.num_channels) for other in found}
+        keep[layer.name] = torch.tensor([c for c in range(layer.num_channels) if c not in unit.tolist()])
+        slim(net, found, keep, x[:1])
+        assert (cost.params, cost.flops) == (count_parameters(net), count_flops(net, x[:1])), layer.name
+        assert net(x).shape == (2, 3, 8, 8)
+    assert (net.tower[1].num_channels, net.tower[4].num_channels) == (16, 6)
