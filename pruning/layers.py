@@ -168,21 +168,36 @@ def _slice_cuts_the_channels(graph, node) -> bool:
     return all(c is None or c == sizes[axis] for c in channels)
 
 
+def _concat_sizes_known(graph, node) -> bool:
+    """Whether Torch-Pruning can infer the channels of every input of a concatenation (it stops mapping one whose
+    inputs it cannot size, but first adds the sizes up and fails on the unknown ones)."""
+    if node.module.concat_sizes is not None:
+        return True
+    return all(infer_channels_between(graph, source, node) is not None for source in node.inputs)
+
+
 @contextmanager
-def _channels_last_slices():
+def _index_mapping_fixes():
     """Torch-Pruning's index mapping with a slice mapping channels only when it cuts them
-    (``_slice_cuts_the_channels``): its own rule takes axis 1 of every 4-d tensor for the channels."""
-    original = index_mapping.update_slice_index_mapping
+    (``_slice_cuts_the_channels``: its own rule takes axis 1 of every 4-d tensor for the channels), and a
+    concatenation left unmapped, as Torch-Pruning means to, when it cannot size all its inputs
+    (``_concat_sizes_known``)."""
+    slice_mapping, concat_mapping = index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping
 
     def update_slice(graph, node):
         if _slice_cuts_the_channels(graph, node):
-            original(graph, node)
+            slice_mapping(graph, node)
 
-    index_mapping.update_slice_index_mapping = update_slice
+    def update_concat(graph, node):
+        if _concat_sizes_known(graph, node):
+            concat_mapping(graph, node)
+
+    index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = update_slice, update_concat
     try:
         yield
     finally:
-        index_mapping.update_slice_index_mapping = original
+        index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = (slice_mapping,
+                                                                                             concat_mapping)
 
 
 #: Torch-Pruning's node types that are operations on tensors, not layers with weights
@@ -191,12 +206,12 @@ _TENSOR_OPERATIONS = {tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.ELEMENTWISE, tp.ops.O
 
 
 class DependencyGraph(tp.DependencyGraph):
-    """Torch-Pruning's dependency graph with channels-last slices left unmapped (``_channels_last_slices``) when it
+    """Torch-Pruning's dependency graph with channels-last slices left unmapped (``_index_mapping_fixes``) when it
     is built and whenever it maps a group's indices, and without the operations that lead only to the network's
     outputs (``_drop_dead_ends``)."""
 
     def build_dependency(self, *args, **kwargs) -> "DependencyGraph":
-        with _channels_last_slices():
+        with _index_mapping_fixes():
             super().build_dependency(*args, **kwargs)
         self._drop_dead_ends()
         return self
@@ -247,7 +262,7 @@ class DependencyGraph(tp.DependencyGraph):
             node.dependencies = [d for d in node.dependencies if d.target in live]
 
     def get_pruning_group(self, *args, **kwargs) -> tp.Group:
-        with _channels_last_slices():
+        with _index_mapping_fixes():
             return super().get_pruning_group(*args, **kwargs)
 
 
