@@ -223,7 +223,7 @@ def test_timm_vit_costs_are_exact(build, size):
 TINY_NETS = {
     "vit": ["model=vit_b_16_tv", "~model.net", "+model.net={_target_:torchvision.models.vision_transformer."
             "VisionTransformer,image_size:8,patch_size:2,num_layers:1,num_heads:2,hidden_dim:16,mlp_dim:24}"],
-    "convnext": ["model=timm", "model.net.model_name=convnext_atto", "datamodule.resize=32"],
+    "convnext": ["model=timm", "model.net.model_name=test_convnext", "datamodule.resize=32"],
 }
 
 
