@@ -100,6 +100,7 @@ def collect_channel_averages(model: nn.Module, layers: list[PrunableLayer], batc
     with preserved_modes(model), removing(hooks):
         model.eval()
         for batch, labels in tqdm(batches(), desc=desc, unit="batch", disable=not show, leave=False):
+            hooks.labels = labels
             model(batch)
             images += len(labels)
     total = int(all_reduce(images, "sum").item())

@@ -102,10 +102,21 @@ def channel_maps(output: torch.Tensor, channel_axis: int) -> torch.Tensor:
     return maps.reshape(maps.shape[0], maps.shape[1], maps.shape[2] if maps.dim() > 2 else 1, -1)
 
 
+def per_image_maps(maps: torch.Tensor, images: int) -> torch.Tensor:
+    """Feature maps of ``k`` windows or regions per image (``k * N`` leading entries, each image's consecutive, as
+    window attention and region heads lay them out) as one N x C x kH x W map per image, so that a channel's
+    statistic pools over an image's windows as over its positions."""
+    if maps.shape[0] % images:
+        raise ValueError(f"a feature map with {maps.shape[0]} entries for a batch of {images} images")
+    n, c, h, w = images, maps.shape[1], maps.shape[2], maps.shape[3]
+    return maps.reshape(n, -1, c, h, w).transpose(1, 2).reshape(n, c, -1, w)
+
+
 class FeatureTap:
     """Forward hooks that hand ``summarize`` of each group member's feature map (``channel_maps``: N x C x H x W
-    -> N x C; default the spatial mean) and the batch labels to a pass function; NaN or Inf in a summary is an
-    error naming the member."""
+    -> N x C; default the spatial mean; windows or regions gathered per image, ``per_image_maps``) and the batch
+    labels (set ``labels`` before each batch) to a pass function; NaN or Inf in a summary is an error naming the
+    member."""
 
     def __init__(self, layers: list[PrunableLayer], tap: str,
                  summarize: Callable[[torch.Tensor], torch.Tensor] = spatial_mean) -> None:
@@ -118,7 +129,10 @@ class FeatureTap:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            summary = self.summarize(channel_maps(output, self.axes[name]))
+            maps = channel_maps(output, self.axes[name])
+            if self.labels is not None and maps.shape[0] != len(self.labels):
+                maps = per_image_maps(maps, len(self.labels))
+            summary = self.summarize(maps)
             if not torch.isfinite(summary).all():
                 raise FloatingPointError(f"NaN or Inf in the feature maps of layer {name!r}")
             self.visit(name, summary, self.labels)

@@ -240,3 +240,13 @@ def test_prune_fine_tune_and_reload_a_transformer_through_the_command_line_confi
     tested = train(compose_config("train", FAST + ["trainer.accelerator=cpu"] + TINY_NETS[net]
                                   + [f"init_from={tmp_path / 'prune' / 'final.ckpt'}", "train=false"], tmp_path / "test"))
     assert tested["test/acc"] == pytest.approx(results["acc_finetuned"], abs=1e-6)
+
+
+def test_windows_or_regions_of_an_image_pool_into_its_one_value_per_channel():
+    from infoprune.pruning.stats import per_image_maps
+
+    windows = torch.randn(2 * 3, 5, 4, 4, dtype=torch.float64)  # 3 windows of each of 2 images, consecutive
+    pooled = per_image_maps(windows, 2).mean(dim=(2, 3))
+    assert torch.allclose(pooled, windows.view(2, 3, 5, 4, 4).mean(dim=(1, 3, 4)))
+    with pytest.raises(ValueError, match="7 entries for a batch of 2 images"):
+        per_image_maps(torch.randn(7, 5, 4, 4), 2)
