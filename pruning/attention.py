@@ -23,6 +23,7 @@ sees them: ``TiedAttentionPruner`` makes the module one node of the dependency g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn as nn
@@ -113,6 +114,7 @@ class TiedAttentionPruner(tp.pruner.function.BasePruningFunc):
         return getattr(layer, self.parts.writer).out_features
 
 
+@cache
 def tied_attention_classes() -> dict[type, TiedAttention]:
     """The tied attention classes: torchvision's Swin and Swin V2 window attention and MaxViT's relative
     attention."""
@@ -123,6 +125,7 @@ def tied_attention_classes() -> dict[type, TiedAttention]:
             RelativePositionalMultiHeadAttention: TiedAttention("to_qkv", "merge", "n_heads", "head_dim")}
 
 
+@cache
 def tied_attention_pruners() -> dict[type, TiedAttentionPruner]:
     return {cls: TiedAttentionPruner(parts) for cls, parts in tied_attention_classes().items()}
 

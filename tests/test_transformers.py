@@ -43,13 +43,17 @@ def keep_all_but(layers, pruned: dict[str, int]) -> dict[str, torch.Tensor]:
     return keep
 
 
-def masked_and_slimmed(net: nn.Module, keep: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assert_masked_equals_slimmed_exactly(net: nn.Module, pruned: dict[str, int], x: torch.Tensor) -> None:
+    """``net`` with ``pruned`` units masked (``keep_all_but``) gives, within 1e-5 of the output scale, the outputs of
+    ``net`` slimmed to the same channels (which ``net`` then is)."""
+    keep = keep_all_but(find_prunable_layers(net, x[:1]), pruned)
     masked = copy.deepcopy(net)
     apply_channel_masks(find_prunable_layers(masked, x[:1]), keep)
     with torch.no_grad():
         expected = masked(x)
         slim(net, find_prunable_layers(net, x[:1]), keep, x[:1])
-        return expected, net(x)
+        got = net(x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_convnext_groups_tie_convolutions_linear_layers_norms_and_layer_scales():
@@ -68,10 +72,7 @@ def test_convnext_groups_tie_convolutions_linear_layers_norms_and_layer_scales()
 
 def test_convnext_masked_equals_slimmed_with_exact_widths():
     net, x = tiny_convnext(), torch.randn(3, 3, 32, 32)
-    layers = find_prunable_layers(net, x[:1])
-    keep = keep_all_but(layers, {"features.0.0": 3, "features.1.0.block.3": 10, "features.2.1": 5})
-    expected, got = masked_and_slimmed(net, keep, x)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert_masked_equals_slimmed_exactly(net, {"features.0.0": 3, "features.1.0.block.3": 10, "features.2.1": 5}, x)
     assert net.features[0][0].out_channels == 5 and net.features[1][0].layer_scale.shape == (5, 1, 1)
     assert net.features[1][0].block[2].normalized_shape == (5,) and net.features[1][0].block[3].out_features == 22
     assert net.features[2][1].in_channels == 5 and net.features[2][1].out_channels == 11
@@ -90,10 +91,8 @@ def test_vit_groups_are_the_embedding_width_and_each_mlp_hidden_width():
 
 def test_vit_mlp_hidden_widths_masked_equal_slimmed():
     net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
-    layers = find_prunable_layers(net, x[:1])
-    keep = keep_all_but(layers, {"encoder.layers.encoder_layer_0.mlp.0": 9, "encoder.layers.encoder_layer_1.mlp.0": 1})
-    expected, got = masked_and_slimmed(net, keep, x)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    hidden = {"encoder.layers.encoder_layer_0.mlp.0": 9, "encoder.layers.encoder_layer_1.mlp.0": 1}
+    assert_masked_equals_slimmed_exactly(net, hidden, x)
     assert [block.mlp[0].out_features for block in net.encoder.layers] == [15, 23]
 
 
@@ -187,10 +186,7 @@ def test_swin_costs_are_exact_with_padded_windows(build, size):
 
 def test_swin_mlp_hidden_widths_masked_equal_slimmed():
     net, x = tiny_swin(), torch.randn(2, 3, 12, 12)
-    layers = find_prunable_layers(net, x[:1])
-    keep = keep_all_but(layers, {"features.1.0.mlp.0": 9, "features.3.0.mlp.0": 20})
-    expected, got = masked_and_slimmed(net, keep, x)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert_masked_equals_slimmed_exactly(net, {"features.1.0.mlp.0": 9, "features.3.0.mlp.0": 20}, x)
 
 
 def tiny_timm_vit() -> nn.Module:
@@ -207,9 +203,8 @@ def test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune
     embed = next(layer for layer in layers if layer.name == "patch_embed.proj")
     assert net.blocks[0].attn.proj in {m.module for m in embed.members}  # written by the output projection
     assert net.blocks[0].attn.qkv in {c.module for c in embed.consumers}  # read by the fused projection
-    keep = keep_all_but(layers, {"patch_embed.proj": 5, "blocks.0.mlp.fc1": 30})
-    expected, got = masked_and_slimmed(net, keep, x)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()  # the heads are untouched: exact
+    # the heads are untouched: masked == slimmed exactly
+    assert_masked_equals_slimmed_exactly(net, {"patch_embed.proj": 5, "blocks.0.mlp.fc1": 30}, x)
     attention = net.blocks[0].attn
     assert (attention.qkv.in_features, attention.qkv.out_features, attention.num_heads) == (11, 48, 2)
     assert net.blocks[0].mlp.fc1.out_features == 34
