@@ -19,15 +19,32 @@ keeps the same dimension; the slimmed attention scales its scores by ``1/sqrt`` 
 
 torchvision's Swin attention calls its projections through ``torch.nn.functional``, so Torch-Pruning's tracer never
 sees them: ``TiedAttentionPruner`` makes the module one node of the dependency graph with the pruning above.
+
+**Other attention modules** (timm's families write their own: PVT's ``q``/``kv``/``sr``, CrossViT's
+``wq``/``wk``/``wv``, window and channel attentions that split their input width ``C`` into heads) are told apart by
+trying them (``infer_attention_roles``): a module with a head count (``num_heads``, ``n_heads`` or ``heads``) and an
+output projection (``proj``, ``o_proj``, ``out_proj``, ``to_out``, ``merge``, ``proj_out``) is copied, one channel of
+every head is removed from its input and output width, and the copy is run on the input the module received in an
+example forward pass. It is a *linear pair* when it runs with its heads left whole (only ``qkv``'s input columns and
+``proj``'s output rows removed, and its ``qkv`` is three times ``proj``'s input); otherwise it is *width-tied* when it
+runs with the removal carried through every direct child (``GenericTiedPruner``: the rows ``c + k C`` of every
+linear layer or convolution whose output is ``k`` times ``C`` wide, the columns ``c`` of every one that reads ``C``,
+the entries ``c`` of every norm over ``C``, and the widths it keeps as attributes); a module that runs neither way is
+left to the tracer. The cost of a width-tied module is measured rather than derived: its parameters and FLOPs on the
+recorded input at three widths, a quadratic in the width (``MeasuredAttentionCost``).
 """
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import cache
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def attention_projections(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None, nn.Linear]:
@@ -58,17 +75,28 @@ class LinearPairPruner(tp.pruner.function.BasePruningFunc):
         return layer.proj.out_features
 
 
-def is_linear_pair(module: nn.Module) -> bool:
-    """A module with ``qkv`` and ``proj`` linear layers, ``qkv`` three times as wide as ``proj``'s input, and
-    ``num_heads`` (not a tied attention class)."""
+def has_linear_pair(module: nn.Module) -> bool:
+    """Whether ``module`` has ``qkv`` and ``proj`` linear layers, ``qkv`` three times as wide as ``proj``'s
+    input."""
     qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
-    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(getattr(module, "num_heads", None), int)
-            and qkv.out_features == 3 * proj.in_features and type(module) not in tied_attention_classes())
+    return isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and qkv.out_features == 3 * proj.in_features
 
 
-def _inner_rows(width: int, idxs) -> torch.Tensor:
+def prune_linear_pair(module: nn.Module, idxs) -> None:
+    """Remove input and output channels ``idxs`` of a linear pair: ``qkv``'s columns and ``proj``'s rows."""
+    tp.prune_linear_in_channels(module.qkv, idxs)
+    tp.prune_linear_out_channels(module.proj, idxs)
+
+
+def is_linear_pair(module: nn.Module) -> bool:
+    """Whether ``infer_attention_roles`` found ``module`` to run as a linear pair."""
+    return _ROLES.get(module) == "pair"
+
+
+def _inner_rows(width: int, idxs, copies: int = 3) -> torch.Tensor:
+    """Rows ``c + k * width`` for ``k < copies``: channel ``c`` in each of a fused projection's outputs."""
     idxs = torch.as_tensor(list(idxs), dtype=torch.long)
-    return torch.cat([idxs + k * width for k in range(3)])
+    return torch.cat([idxs + k * width for k in range(copies)])
 
 
 @dataclass(frozen=True)
@@ -131,14 +159,28 @@ def tied_attention_pruners() -> dict[type, TiedAttentionPruner]:
 
 
 def is_tied_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_classes()
+    return isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_classes() or is_width_tied(module)
+
+
+def is_width_tied(module: nn.Module) -> bool:
+    """Whether ``infer_attention_roles`` found ``module`` to run with its inner width tied to its input width."""
+    return _ROLES.get(module) == "tied"
 
 
 def attention_heads(module: nn.Module) -> int:
     """The head count of a tied attention module."""
     if isinstance(module, nn.MultiheadAttention):
         return module.num_heads
+    if is_width_tied(module):
+        return head_count(module)
     return getattr(module, tied_attention_classes()[type(module)].heads)
+
+
+def attention_width(module: nn.Module) -> int:
+    """The embedding width ``E`` of a tied attention module (its output projection's outputs)."""
+    if is_width_tied(module):
+        return _channels(output_projection(module), "out")
+    return attention_projections(module)[2].out_features
 
 
 def window_area(module: nn.Module) -> int | None:
@@ -176,7 +218,17 @@ def attention_cost(module: nn.Module, width: int, tokens: int) -> tuple[int, int
 @torch.no_grad()
 def mask_attention(module: nn.Module, removed: torch.Tensor) -> None:
     """Zero the output projection's rows ``removed`` and the query, key and value rows of the same inner
-    dimensions, with their biases (the masked heads then attend over the kept dimensions only)."""
+    dimensions, with their biases (the masked heads then attend over the kept dimensions only); in a width-tied
+    module, the rows ``c + k C`` of every direct child whose output is ``k`` times ``C`` wide."""
+    if is_width_tied(module):
+        width = attention_width(module)
+        for child in module.children():
+            if isinstance(child, (nn.Linear, nn.Conv2d)) and _channels(child, "out") % width == 0:
+                rows = _inner_rows(width, removed.cpu(), _channels(child, "out") // width).to(child.weight.device)
+                child.weight[rows] = 0.0
+                if child.bias is not None:
+                    child.bias[rows] = 0.0
+        return
     weight, bias, out = attention_projections(module)
     rows = _inner_rows(out.out_features, removed.cpu()).to(weight.device)
     weight[rows] = 0.0
@@ -185,3 +237,228 @@ def mask_attention(module: nn.Module, removed: torch.Tensor) -> None:
         bias[rows] = 0.0
     if out.bias is not None:
         out.bias[removed] = 0.0
+
+
+#: the role ``infer_attention_roles`` found for each attention module of the networks it ran on: "pair" or "tied"
+_ROLES: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+#: attributes that hold an attention module's head count, and the names of its output projection
+HEAD_COUNTS = ("num_heads", "n_heads", "heads")
+OUTPUT_PROJECTIONS = ("proj", "o_proj", "out_proj", "to_out", "merge", "proj_out")
+
+
+def head_count(module: nn.Module) -> int | None:
+    """The head count an attention module keeps as an attribute (``HEAD_COUNTS``), or None."""
+    for name in HEAD_COUNTS:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def output_projection(module: nn.Module) -> nn.Module | None:
+    """An attention module's output projection: its linear layer or ungrouped convolution named as in
+    ``OUTPUT_PROJECTIONS``."""
+    for name in OUTPUT_PROJECTIONS:
+        child = getattr(module, name, None)
+        if isinstance(child, nn.Linear) or isinstance(child, nn.Conv2d) and child.groups == 1:
+            return child
+    return None
+
+
+def _channels(layer: nn.Module, side: str) -> int:
+    """Output (``side="out"``) or input channels of a linear layer or convolution."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features if side == "out" else layer.in_features
+    return layer.out_channels if side == "out" else layer.in_channels
+
+
+def prune_tied_width(module: nn.Module, idxs) -> None:
+    """Remove channels ``idxs`` of a width-tied attention module's width ``C`` everywhere inside it: rows
+    ``c + k C`` of every direct child linear layer or ungrouped convolution whose output is ``k C`` wide, columns
+    ``c`` of every one that reads ``C`` channels, entries ``c`` of every layer or batch norm over ``C``; the integer
+    attributes that hold ``C`` (names with ``dim`` or ``features``) and the head dimension follow."""
+    width, idxs = _channels(output_projection(module), "out"), sorted(int(i) for i in idxs)
+    kept, heads = width - len(idxs), head_count(module)
+    for child in module.children():
+        if isinstance(child, nn.Linear) or isinstance(child, nn.Conv2d) and child.groups == 1:
+            out_fn, in_fn = ((tp.prune_linear_out_channels, tp.prune_linear_in_channels) if isinstance(child, nn.Linear)
+                             else (tp.prune_conv_out_channels, tp.prune_conv_in_channels))
+            if _channels(child, "out") % width == 0:
+                out_fn(child, _inner_rows(width, idxs, _channels(child, "out") // width).tolist())
+            if _channels(child, "in") == width:
+                in_fn(child, idxs)
+        elif isinstance(child, nn.LayerNorm) and tuple(child.normalized_shape) == (width,):
+            tp.prune_layernorm_out_channels(child, idxs)
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm) and child.num_features == width:
+            tp.prune_batchnorm_out_channels(child, idxs)
+    for name, value in list(vars(module).items()):
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if name == "head_dim" and value * heads == width:
+            setattr(module, name, kept // heads)
+        elif ("dim" in name or "features" in name) and value == width:
+            setattr(module, name, kept)
+
+
+class GenericTiedPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's pruning of a width-tied attention module (``prune_tied_width``), whose input and output are
+    one width: removing output channels removes them everywhere inside; input channels alone are never removed."""
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        return layer
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        prune_tied_width(layer, idxs)
+        return layer
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return attention_width(layer)
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return attention_width(layer)
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    """An attention module of no known class: a head count, an output projection, a width its heads divide."""
+    if isinstance(module, nn.MultiheadAttention) or type(module) in tied_attention_classes():
+        return False
+    heads, writer = head_count(module), output_projection(module)
+    return heads is not None and writer is not None and _channels(writer, "out") % heads == 0
+
+
+def _channel_axis(tensor: torch.Tensor, width: int) -> int | None:
+    """The axis of a tensor that carries ``width`` channels: the last (tokens), else axis 1 of an image tensor."""
+    if tensor.dim() >= 2 and tensor.shape[-1] == width:
+        return tensor.dim() - 1
+    if tensor.dim() == 4 and tensor.shape[1] == width:
+        return 1
+    return None
+
+
+def _first_tensor(output) -> torch.Tensor | None:
+    return output if isinstance(output, torch.Tensor) else next(
+        (t for t in output if isinstance(t, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
+
+
+def _without(tensor, width: int, kept: torch.Tensor):
+    """``tensor`` with only channels ``kept`` on its channel axis (other values as they are)."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    axis = _channel_axis(tensor, width)
+    return tensor if axis is None else tensor.index_select(axis, kept.to(tensor.device))
+
+
+def _one_per_head(width: int, heads: int, count: int = 1) -> list[int]:
+    """The first ``count`` channels of every head's block of ``width / heads`` channels."""
+    block = width // heads
+    return [b * block + u for b in range(heads) for u in range(count)]
+
+
+@torch.no_grad()
+def _run_pruned(module: nn.Module, prune, call, removed: list[int]):
+    """A copy of ``module`` with channels ``removed`` pruned by ``prune`` and run on the recorded ``call``
+    (``args, kwargs, output``) with those channels removed from its inputs; the copy and its first output, or None
+    when it fails or its output does not have the expected shape."""
+    args, kwargs, output = call
+    width = _channels(output_projection(module), "out")
+    kept = torch.tensor([c for c in range(width) if c not in set(removed)])
+    trial = copy.deepcopy(module)
+    try:
+        prune(trial, removed)
+        result = _first_tensor(trial(*(_without(a, width, kept) for a in args),
+                                     **{k: _without(v, width, kept) for k, v in kwargs.items()}))
+    except Exception:  # noqa: BLE001 - any failure means this reading of the module is wrong
+        return None
+    expected = _first_tensor(output)
+    axis = None if expected is None else _channel_axis(expected, width)
+    if result is None or axis is None:
+        return None
+    shape = list(expected.shape)
+    shape[axis] = len(kept)
+    return (trial, result) if list(result.shape) == shape else None
+
+
+def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Find how every attention module of no known class in ``model`` prunes, by trying (see the module's
+    docstring): all modules of one class in the network get the role every one of them passes ("pair" before
+    "tied"), or none."""
+    candidates = [m for m in model.modules() if _is_candidate(m)]
+    for module in candidates:
+        _ROLES.pop(module, None)
+    if not candidates:
+        return
+    calls = record_calls(model, example_input, candidates)
+    by_class: dict[type, list[nn.Module]] = {}
+    for module in candidates:
+        by_class.setdefault(type(module), []).append(module)
+    for modules in by_class.values():
+        if not all(m in calls for m in modules):
+            continue
+        for role, prune in (("pair", prune_linear_pair), ("tied", prune_tied_width)):
+            if role == "pair" and not all(has_linear_pair(m) for m in modules):
+                continue
+            width = [_channels(output_projection(m), "out") for m in modules]
+            if all(_run_pruned(m, prune, calls[m], _one_per_head(w, head_count(m))) is not None
+                   for m, w in zip(modules, width)):
+                for m in modules:
+                    _ROLES[m] = role
+                break
+
+
+def record_calls(model: nn.Module, example_input: torch.Tensor, modules: list[nn.Module]) -> dict:
+    """The first call of each of ``modules`` in a forward pass of ``example_input[:1]`` in eval mode: module ->
+    (positional arguments, keyword arguments, output)."""
+    calls: dict[nn.Module, tuple] = {}
+
+    def record(module, args, kwargs, output):
+        calls.setdefault(module, (args, kwargs, output))
+
+    hooks = [m.register_forward_hook(record, with_kwargs=True) for m in modules]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            model.eval()(example_input[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in modes.items():
+            m.training = training
+    return calls
+
+
+def measured_attention_cost(module: nn.Module, call) -> "MeasuredAttentionCost":
+    """The cost of a width-tied attention module measured on its recorded ``call`` (see ``MeasuredAttentionCost``)."""
+    width, heads = attention_width(module), head_count(module)
+    points = {}
+    for units in range(min(3, width // heads)):
+        removed = _one_per_head(width, heads, units)
+        trial, args, kwargs = module, call[0], call[1]
+        if units:
+            trial = _run_pruned(module, prune_tied_width, call, removed)[0]
+            kept = torch.tensor([c for c in range(width) if c not in set(removed)])
+            args = tuple(_without(a, width, kept) for a in args)
+            kwargs = {k: _without(v, width, kept) for k, v in kwargs.items()}
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            trial(*args, **kwargs)
+        points[width - len(removed)] = (sum(p.numel() for p in trial.parameters()), counter.get_total_flops())
+    return MeasuredAttentionCost(points)
+
+
+@dataclass(frozen=True)
+class MeasuredAttentionCost:
+    """(parameters, FLOPs) of an attention module at any width ``w``: the polynomial through the measured widths
+    ``points`` (quadratic through three: projections cost ``w^2``, products with the tokens ``w``), exact at the
+    measured widths and so for the removal of whole blocks of one channel per head."""
+
+    points: dict
+
+    def __call__(self, width: int) -> tuple[int, int]:
+        values = [Fraction(0), Fraction(0)]
+        for x, costs in self.points.items():
+            weight = Fraction(1)
+            for other in self.points:
+                if other != x:
+                    weight *= Fraction(width - other, x - other)
+            values = [v + weight * c for v, c in zip(values, costs)]
+        return round(values[0]), round(values[1])

@@ -18,7 +18,17 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from infoprune.pruning.attention import attention_cost, attention_projections, attention_tokens, is_tied_attention
+from functools import partial
+
+from infoprune.pruning.attention import (
+    attention_cost,
+    attention_tokens,
+    attention_width,
+    is_tied_attention,
+    is_width_tied,
+    measured_attention_cost,
+    record_calls,
+)
 from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
 
 
@@ -75,9 +85,13 @@ class PruningCost:
         self.dense_flops = self.flops = count_flops(model, example_input[:1])
         self.layers = {layer.name: layer for layer in layers}
         positions = output_positions(model, example_input)
-        self.tokens = {m: t for m, t in positions.items() if is_tied_attention(m)}
-        self.widths = {m: attention_projections(m)[2].out_features for m in self.tokens}
-        self.positions = {m: p for m, p in positions.items() if m not in self.tokens}
+        tokens = {m: t for m, t in positions.items() if is_tied_attention(m)}
+        calls = record_calls(model, example_input, [m for m in tokens if is_width_tied(m)])
+        #: (parameters, FLOPs) of every tied attention module as a function of its width
+        self.attention_costs = {m: measured_attention_cost(m, calls[m]) if m in calls
+                                else partial(attention_cost, m, tokens=t) for m, t in tokens.items()}
+        self.widths = {m: attention_width(m) for m in tokens}
+        self.positions = {m: p for m, p in positions.items() if m not in tokens}
         self.groups = {m: convolution_groups(m) for m in self.positions}
         self.out_kept = {m: m.weight.shape[0] for m in self.positions}
         #: inputs still read: every input of a grouped convolution, those of one filter otherwise (1: depthwise)
@@ -114,8 +128,8 @@ class PruningCost:
             params += inputs
             flops += 2 * inputs * self.positions[module]
         for attention in self.layers[name].attentions:
-            before = attention_cost(attention, self.widths[attention], self.tokens[attention])
-            after = attention_cost(attention, self.widths[attention] - 1, self.tokens[attention])
+            before = self.attention_costs[attention](self.widths[attention])
+            after = self.attention_costs[attention](self.widths[attention] - 1)
             params, flops = params + before[0] - after[0], flops + before[1] - after[1]
         return params, flops
 

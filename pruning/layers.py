@@ -16,10 +16,13 @@ from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.shape_infer import infer_channels_between
 
 from infoprune.pruning.attention import (
+    GenericTiedPruner,
     LinearPairPruner,
     attention_heads,
+    infer_attention_roles,
     is_linear_pair,
     is_tied_attention,
+    is_width_tied,
     tied_attention_pruners,
 )
 
@@ -147,11 +150,13 @@ def preserved_modes(model: nn.Module):
 def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
     """How Torch-Pruning prunes the modules of ``model`` its tracer cannot see into: a module class with a
     ``dependency_pruner`` attribute (a ``tp.pruner.function.BasePruningFunc``) says itself how its channels map
-    (``models.resnet.PadShortcut``); the attention modules of ``pruning.attention`` (tied and linear-pair)."""
+    (``models.resnet.PadShortcut``); the attention modules of ``pruning.attention`` (tied, linear-pair and
+    width-tied, as ``infer_attention_roles`` found them)."""
     known = tied_attention_pruners()
     custom = {type(m): type(m).dependency_pruner for m in model.modules() if hasattr(type(m), "dependency_pruner")}
     custom.update({type(m): known[type(m)] for m in model.modules() if type(m) in known})
     custom.update({type(m): LinearPairPruner() for m in model.modules() if is_linear_pair(m)})
+    custom.update({type(m): GenericTiedPruner() for m in model.modules() if is_width_tied(m)})
     return custom
 
 
@@ -268,7 +273,9 @@ class DependencyGraph(tp.DependencyGraph):
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
     """The dependency graph of ``model`` (``DependencyGraph``, with ``customized_pruners``); parameters outside any
-    layer (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1."""
+    layer (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1; the
+    roles of attention modules of no known class are inferred first (``infer_attention_roles``)."""
+    infer_attention_roles(model, example_input)
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
         return DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
                                                   customized_pruners=customized_pruners(model))
