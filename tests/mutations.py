@@ -244,6 +244,14 @@ MUTATIONS = [
     Mutation("linear-pair attention as one node", "pruning/layers.py",
              "    custom.update({type(m): LinearPairPruner() for m in model.modules() if is_linear_pair(m)})\n", "",
              ("tests/test_transformers.py::test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune",)),
+    Mutation("width-tied attention's measured cost", "pruning/attention.py",
+             "    for units in range(min(3, width // heads)):", "    for units in range(min(2, width // heads)):",
+             ("tests/test_transformers.py::test_width_tied_attention_costs_are_exact",)),
+    Mutation("width-tied attention found by trying it", "pruning/attention.py",
+             '        for role, prune in (("pair", prune_linear_pair), ("tied", prune_tied_width)):',
+             '        for role, prune in (("pair", prune_linear_pair),):',
+             ("tests/test_transformers.py::"
+              "test_an_attention_that_splits_its_input_width_into_heads_is_found_width_tied_and_slims_inside",)),
 ]
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.vision_transformer import VisionTransformer
 
+from infoprune.pruning.attention import is_linear_pair, is_width_tied
 from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.masks import apply_channel_masks
@@ -113,13 +114,13 @@ def test_vit_embedding_width_slims_every_tied_part_and_reloads_from_its_structur
 
 
 @pytest.mark.parametrize("build, size", [(tiny_convnext, 32), (tiny_vit, 16)])
-def test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size):
+def test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size, units=1):
     x = torch.randn(1, 3, size, size)
     dense = build()
     layers = find_prunable_layers(dense, x)
     for layer in layers:
         cost = PruningCost(dense, layers, x)
-        unit = layer.unit_channels(torch.tensor([0]))
+        unit = layer.unit_channels(torch.arange(min(units, layer.num_channels // layer.channel_groups - 1)))
         for channel in unit.tolist():
             cost.remove(layer.name, channel)
         net = build()
@@ -213,6 +214,40 @@ def test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune
 @pytest.mark.parametrize("build, size", [(tiny_timm_vit, 16)])
 def test_timm_vit_costs_are_exact(build, size):
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
+
+
+def tiny_pvt() -> nn.Module:
+    from timm.models.pvt_v2 import PyramidVisionTransformerV2
+
+    torch.manual_seed(0)
+    return randomized(PyramidVisionTransformerV2(depths=(1, 1), embed_dims=(8, 16), num_heads=(2, 2),
+                                                 sr_ratios=(2, 1), mlp_ratios=(2, 2), num_classes=5)).eval()
+
+
+def test_an_attention_that_splits_its_input_width_into_heads_is_found_width_tied_and_slims_inside():
+    net, x = tiny_pvt(), torch.randn(2, 3, 32, 32)
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    attention = net.stages[0].blocks[0].attn  # q, kv, spatial-reduction conv and norm, all over the stage width
+    assert is_width_tied(attention) and not is_linear_pair(attention)
+    stage = next(layer for layer in layers.values() if attention in layer.attentions)
+    assert stage.channel_groups == 2 and stage.num_channels == 8
+    slim(net, list(layers.values()), keep_all_but(list(layers.values()), {stage.name: 1}), x[:1])
+    assert (attention.q.in_features, attention.q.out_features, attention.kv.out_features) == (6, 6, 12)
+    assert (attention.sr.in_channels, attention.sr.out_channels, attention.norm.normalized_shape) == (6, 6, (6,))
+    assert (attention.proj.in_features, attention.proj.out_features, attention.dim, attention.head_dim) == (6, 6, 6, 3)
+    assert net(x).shape == (2, 5)
+
+
+def test_a_timm_vit_attention_is_found_a_linear_pair():
+    net, x = tiny_timm_vit(), torch.randn(1, 3, 16, 16)
+    find_prunable_layers(net, x)
+    assert is_linear_pair(net.blocks[0].attn) and not is_width_tied(net.blocks[0].attn)
+
+
+@pytest.mark.parametrize("build, size", [(tiny_pvt, 32)])
+def test_width_tied_attention_costs_are_exact(build, size):
+    for units in (1, 3):  # 3 of the first stage's 4 blocks of one channel per head: beyond the widths measured
+        test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size, units)
 
 
 TINY_NETS = {
