@@ -276,7 +276,8 @@ def _channels(layer: nn.Module, side: str) -> int:
 def prune_tied_width(module: nn.Module, idxs) -> None:
     """Remove channels ``idxs`` of a width-tied attention module's width ``C`` everywhere inside it: rows
     ``c + k C`` of every direct child linear layer or ungrouped convolution whose output is ``k C`` wide, columns
-    ``c`` of every one that reads ``C`` channels, entries ``c`` of every layer or batch norm over ``C``; the integer
+    ``c`` of every one that reads ``C`` channels, entries ``c`` of every layer or batch norm over ``C`` and of the
+    module's own parameters and buffers of ``C`` entries (Swin V2's query and value biases); the integer
     attributes that hold ``C`` (names with ``dim`` or ``features``) and the head dimension follow."""
     width, idxs = _channels(output_projection(module), "out"), sorted(int(i) for i in idxs)
     kept, heads = width - len(idxs), head_count(module)
@@ -292,6 +293,14 @@ def prune_tied_width(module: nn.Module, idxs) -> None:
             tp.prune_layernorm_out_channels(child, idxs)
         elif isinstance(child, nn.modules.batchnorm._BatchNorm) and child.num_features == width:
             tp.prune_batchnorm_out_channels(child, idxs)
+    kept_idxs = torch.tensor([c for c in range(width) if c not in set(idxs)], dtype=torch.long)
+    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if tensor is not None and tuple(tensor.shape) == (width,):
+            kept_tensor = tensor.data.index_select(0, kept_idxs.to(tensor.device))
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(kept_tensor, requires_grad=tensor.requires_grad))
+            else:
+                module._buffers[name] = kept_tensor
     for name, value in list(vars(module).items()):
         if not isinstance(value, int) or isinstance(value, bool):
             continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.shape_infer import infer_channels_between
 
@@ -181,13 +182,54 @@ def _concat_sizes_known(graph, node) -> bool:
     return all(infer_channels_between(graph, source, node) is not None for source in node.inputs)
 
 
+class _InterleavedIndexMapping:
+    """Channel ``c`` of ``channels`` at positions ``c + j * channels`` (``j < copies``) of a channels-last tensor
+    whose channel axis was merged, innermost, with spatial neighbours (timm's patch merging:
+    ``N x H x W x C -> N x H/2 x W/2 x 4C``); ``reverse`` maps a position back to its channel."""
+
+    def __init__(self, channels: int, copies: int, reverse: bool = False) -> None:
+        self.channels, self.copies, self.reverse = channels, copies, reverse
+
+    def __call__(self, idxs):
+        if self.reverse:
+            return list({_HybridIndex(idx=i.idx % self.channels, root_idx=i.root_idx) for i in idxs})
+        return [_HybridIndex(idx=i.idx + j * self.channels, root_idx=i.root_idx)
+                for j in range(self.copies) for i in idxs]
+
+
+def _channels_last_merge(graph, node) -> tuple[int, int] | None:
+    """``(C, k)`` when reshape ``node`` merges the channel axis of a channels-last tensor (its input's last axis,
+    ``C`` channels) innermost into an output axis of ``k C`` (its output's last axis); None otherwise."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    metadata = getattr(node.grad_fn, "_input_metadata", None)
+    if sizes is None or not metadata:
+        return None
+    inputs = [infer_channels_between(graph, source, node) for source in node.inputs]
+    channels, out = next((c for c in inputs if c), None), metadata[0].shape[-1]
+    if not channels or sizes[-1] != channels or out <= channels or out % channels:
+        return None
+    return channels, out // channels
+
+
+def _map_interleaved(node, channels: int, copies: int) -> None:
+    for source in node.inputs:
+        for dep in node.dependencies:
+            if dep.target == source:
+                dep.index_mapping[0] = _InterleavedIndexMapping(channels, copies, reverse=True)
+        for dep in source.dependencies:
+            if dep.target == node:
+                dep.index_mapping[0] = _InterleavedIndexMapping(channels, copies)
+
+
 @contextmanager
 def _index_mapping_fixes():
     """Torch-Pruning's index mapping with a slice mapping channels only when it cuts them
-    (``_slice_cuts_the_channels``: its own rule takes axis 1 of every 4-d tensor for the channels), and a
+    (``_slice_cuts_the_channels``: its own rule takes axis 1 of every 4-d tensor for the channels), a
     concatenation left unmapped, as Torch-Pruning means to, when it cannot size all its inputs
-    (``_concat_sizes_known``)."""
+    (``_concat_sizes_known``), and a reshape that merges a channels-last tensor's channels with spatial
+    neighbours mapped as interleaved (``_channels_last_merge``; Torch-Pruning maps 4-d flattens only, as blocks)."""
     slice_mapping, concat_mapping = index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping
+    reshape_mapping = index_mapping.update_reshape_index_mapping
 
     def update_slice(graph, node):
         if _slice_cuts_the_channels(graph, node):
@@ -197,12 +239,21 @@ def _index_mapping_fixes():
         if _concat_sizes_known(graph, node):
             concat_mapping(graph, node)
 
+    def update_reshape(graph, node):
+        merge = _channels_last_merge(graph, node)
+        if merge is None:
+            reshape_mapping(graph, node)
+        else:
+            _map_interleaved(node, *merge)
+
     index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = update_slice, update_concat
+    index_mapping.update_reshape_index_mapping = update_reshape
     try:
         yield
     finally:
         index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = (slice_mapping,
                                                                                              concat_mapping)
+        index_mapping.update_reshape_index_mapping = reshape_mapping
 
 
 #: Torch-Pruning's node types that are operations on tensors, not layers with weights

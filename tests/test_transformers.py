@@ -250,6 +250,30 @@ def test_width_tied_attention_costs_are_exact(build, size):
         test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size, units)
 
 
+def tiny_timm_swin() -> nn.Module:
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return randomized(SwinTransformer(img_size=16, patch_size=2, embed_dim=8, depths=(1, 1), num_heads=(2, 2),
+                                      window_size=2, num_classes=5)).eval()
+
+
+def test_timm_patch_merging_reads_each_channel_at_four_interleaved_positions():
+    net, x = tiny_timm_swin(), torch.randn(2, 3, 16, 16)
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    stage = layers["patch_embed.proj"]  # 8 channels; N x H x W x 8 -> N x H/2 x W/2 x 32
+    merging = next(norm for norm in stage.norms if norm.module is net.layers[1].downsample.norm)
+    assert sorted(merging.idxs[merging.root_idxs == 3].tolist()) == [3, 11, 19, 27]
+    assert_masked_equals_slimmed_exactly(net, {"patch_embed.proj": 3}, x)
+    assert net.layers[1].downsample.norm.normalized_shape == (20,)
+    assert net.layers[1].downsample.reduction.in_features == 20
+
+
+@pytest.mark.parametrize("build, size", [(tiny_timm_swin, 16)])
+def test_timm_swin_costs_are_exact(build, size):
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
+
+
 TINY_NETS = {
     "vit": ["model=vit_b_16_tv", "~model.net", "+model.net={_target_:torchvision.models.vision_transformer."
             "VisionTransformer,image_size:8,patch_size:2,num_layers:1,num_heads:2,hidden_dim:16,mlp_dim:24}"],
