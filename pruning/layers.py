@@ -221,15 +221,55 @@ def _map_interleaved(node, channels: int, copies: int) -> None:
                 dep.index_mapping[0] = _InterleavedIndexMapping(channels, copies)
 
 
+def _last_axis_split_sizes(graph, node) -> list[int] | None:
+    """The sizes of a split of a channels-last tensor (``N x ... x C``, 3-d or more) along its channels, the last
+    axis (a gated MLP's ``chunk(2, dim=-1)``), which Torch-Pruning leaves unmapped; None for other splits."""
+    sizes, dim = getattr(node.grad_fn, "_saved_self_sym_sizes", None), getattr(node.grad_fn, "_saved_dim", None)
+    if dim is not None and dim >= 2 ** 63:  # a negative axis, saved unsigned
+        dim -= 2 ** 64
+    if sizes is None or dim is None or len(sizes) < 3 or dim not in (-1, len(sizes) - 1):
+        return None
+    total = sizes[-1]
+    if any(infer_channels_between(graph, source, node) not in (None, total) for source in node.inputs):
+        return None
+    split = getattr(node.grad_fn, "_saved_split_sizes", None)
+    if split is None:
+        size = getattr(node.grad_fn, "_saved_split_size", None)
+        if not size:
+            return None
+        split = [min(size, total - start) for start in range(0, total, size)]
+    return list(split)
+
+
+def _map_last_axis_split(node, split: list[int]) -> None:
+    """Map each output of a split along the channels to its range of the input's channels (Torch-Pruning's split
+    mapping)."""
+    offsets = [0]
+    for size in split:
+        offsets.append(offsets[-1] + size)
+    node.module.split_sizes, node.module.offsets = split, offsets
+    for i, out in enumerate(node.outputs[: len(split)]):
+        for dep in node.dependencies:
+            if dep.target == out:
+                dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=False)
+                break
+        for dep in out.dependencies:
+            if dep.target == node:
+                dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i:i + 2], reverse=True)
+                break
+
+
 @contextmanager
 def _index_mapping_fixes():
     """Torch-Pruning's index mapping with a slice mapping channels only when it cuts them
     (``_slice_cuts_the_channels``: its own rule takes axis 1 of every 4-d tensor for the channels), a
     concatenation left unmapped, as Torch-Pruning means to, when it cannot size all its inputs
     (``_concat_sizes_known``), and a reshape that merges a channels-last tensor's channels with spatial
-    neighbours mapped as interleaved (``_channels_last_merge``; Torch-Pruning maps 4-d flattens only, as blocks)."""
+    neighbours mapped as interleaved (``_channels_last_merge``; Torch-Pruning maps 4-d flattens only, as blocks),
+    and a split of a channels-last tensor along its channels mapped (``_last_axis_split_sizes``; Torch-Pruning maps
+    splits along axis 1 only)."""
     slice_mapping, concat_mapping = index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping
-    reshape_mapping = index_mapping.update_reshape_index_mapping
+    reshape_mapping, split_mapping = index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping
 
     def update_slice(graph, node):
         if _slice_cuts_the_channels(graph, node):
@@ -246,14 +286,22 @@ def _index_mapping_fixes():
         else:
             _map_interleaved(node, *merge)
 
+    def update_split(graph, node):
+        split = _last_axis_split_sizes(graph, node)
+        if split is None:
+            split_mapping(graph, node)
+        else:
+            _map_last_axis_split(node, split)
+
     index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = update_slice, update_concat
-    index_mapping.update_reshape_index_mapping = update_reshape
+    index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = update_reshape, update_split
     try:
         yield
     finally:
         index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = (slice_mapping,
                                                                                              concat_mapping)
-        index_mapping.update_reshape_index_mapping = reshape_mapping
+        index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = (reshape_mapping,
+                                                                                               split_mapping)
 
 
 #: Torch-Pruning's node types that are operations on tensors, not layers with weights
@@ -465,6 +513,20 @@ def _is_op(item, name: str) -> bool:
     return item.dep.handler.__name__ == name
 
 
+def _split_copies(graph: tp.DependencyGraph, module: nn.Module, group: tp.Group) -> int:
+    """How many of ``module``'s output channels go with its channel 0 when its outputs are split and recombined
+    (a gated MLP's ``a * act(b)`` over the two halves of one linear layer: 2); 1 for groups without a split."""
+    if not any(item.dep.target.type == tp.ops.OPTYPE.SPLIT for item in group):
+        return 1
+    single = pruning_group(graph, module, [0])
+    tied = {int(i) for item in single if item.dep.target.module is module and _is_op(item, "prune_out_channels")
+            for i in item.idxs}
+    width = module.weight.shape[0]
+    if width % len(tied) or tied != set(range(0, width, width // len(tied))):
+        return 1
+    return len(tied)
+
+
 def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
     """Every channel group that can be pruned, in module order of its first member.
 
@@ -523,7 +585,8 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         group_norms = [m for m in targets if isinstance(m, nn.GroupNorm)]
         channel_groups = math.lcm(*(convolution_groups(m.module) for m in members),
                                   *(convolution_groups(c.module) for c in consumers),
-                                  *(attention_heads(m) for m in attentions), *(m.num_groups for m in group_norms))
+                                  *(attention_heads(m) for m in attentions), *(m.num_groups for m in group_norms),
+                                  _split_copies(graph, module, group))
         layers.append(PrunableLayer(
             members[0].name, members, consumers,
             self_masking=[m for m in targets if hasattr(m, "mask_out_channels")],

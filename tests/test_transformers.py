@@ -274,6 +274,44 @@ def test_timm_swin_costs_are_exact(build, size):
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
 
 
+class GatedMlpNet(nn.Module):
+    """Patch embedding and positional embeddings (a 3-d parameter: Torch-Pruning then maps no split after it), then
+    tokens through timm's gated MLP (``fc1`` -> halves ``a``, ``b`` -> ``silu(a) * b`` -> ``fc2``) with a residual,
+    pooled into a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import GluMlp
+
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.positions = nn.Parameter(torch.zeros(1, 16, 8))
+        self.mlp = GluMlp(8, 2 * 21, act_layer=nn.SiLU, gate_last=False)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.positions
+        return self.head((tokens + self.mlp(tokens)).mean(1))
+
+
+def tiny_gated_mlp_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomized(GatedMlpNet()).eval()
+
+
+def test_a_gated_mlp_prunes_its_hidden_units_as_pairs_of_the_two_halves_it_multiplies():
+    net, x = tiny_gated_mlp_net(), torch.randn(2, 3, 16, 16)
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    hidden = layers["mlp.fc1"]  # 2 x 21 outputs: unit u is outputs u and 21 + u
+    assert hidden.channel_groups == 2 and hidden.num_channels == 42
+    assert_masked_equals_slimmed_exactly(net, {"mlp.fc1": 5}, x)
+    assert (net.mlp.fc1.out_features, net.mlp.fc2.in_features) == (32, 16)
+
+
+@pytest.mark.parametrize("build, size", [(tiny_gated_mlp_net, 16)])
+def test_gated_mlp_costs_are_exact(build, size):
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
+
+
 TINY_NETS = {
     "vit": ["model=vit_b_16_tv", "~model.net", "+model.net={_target_:torchvision.models.vision_transformer."
             "VisionTransformer,image_size:8,patch_size:2,num_layers:1,num_heads:2,hidden_dim:16,mlp_dim:24}"],
