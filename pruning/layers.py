@@ -509,6 +509,18 @@ def _consumer(item) -> Consumer | None:
     return Consumer(module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
 
 
+def _untapped_batchnorms(targets: list[nn.Module], members: list[Member]) -> list[nn.Module]:
+    """Batch norms of a group that are no member's ``bn`` tap (LeViT's over flattened tokens): their affine entries
+    go with the channels as loose parameters."""
+    taps = {member.taps.get("bn") for member in members}
+    return [m for m in targets if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in taps]
+
+
+def _input_channels(module: nn.Module) -> int:
+    """The input channels (features) of a convolution or linear layer."""
+    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
 def _is_op(item, name: str) -> bool:
     return item.dep.handler.__name__ == name
 
@@ -541,10 +553,11 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     pruned block-symmetrically (``channel_groups``: the least common multiple of those convolutions' ``groups``),
     as are channels that an attention module splits into heads (its head count, ``pruning.attention``) or a group
     norm into groups (``num_groups``: every group keeps as many channels; its affine entries are masked as loose
-    parameters, while its statistics still include a masked channel's zeros). A group
-    whose members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
-    heads) or that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) is not
-    prunable here and is left out (logged). The tap points of every member follow its output through the forward
+    parameters, while its statistics still include a masked channel's zeros; so are the affine entries of batch
+    norms that are no member's tap). A group whose members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
+    heads), that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) or
+    that the graph maps beyond a consumer's inputs (a split into heads of unequal parts, as LeViT's keys, queries and
+    values) is not prunable here and is left out (logged). The tap points of every member follow its output through the forward
     pass (``_following_taps``). A convolution that the forward pass in eval mode never calls (an auxiliary
     classifier run only in training) is an error: the channels it reads could not be kept consistent.
     """
@@ -581,6 +594,11 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
             log.info("channels of %s are the network's outputs (no layer reads them) and are not pruned",
                      [member.name for member in members])
             continue
+        unmapped = [names[c.module] for c in consumers if int(c.idxs.max()) >= _input_channels(c.module)]
+        if unmapped:
+            log.warning("channels of %s reach %s through an operation the dependency graph maps beyond their inputs "
+                        "and are not pruned", [member.name for member in members], unmapped)
+            continue
         attentions = [m for m in targets if is_tied_attention(m)]
         group_norms = [m for m in targets if isinstance(m, nn.GroupNorm)]
         channel_groups = math.lcm(*(convolution_groups(m.module) for m in members),
@@ -594,6 +612,7 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
                    for item in group if _is_op(item, "prune_out_channels")
                    and isinstance(item.dep.target.module, nn.LayerNorm)],
             parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped]
-            + [(p, 0) for m in group_norms for p in (m.weight, m.bias) if p is not None],
+            + [(p, 0) for m in group_norms + _untapped_batchnorms(targets, members)
+               for p in (m.weight, m.bias) if p is not None],
             attentions=attentions, dependency_group=group, channel_groups=channel_groups))
     return layers

@@ -252,6 +252,10 @@ MUTATIONS = [
              "        if split is None:\n            split_mapping(graph, node)",
              "        if True:\n            split_mapping(graph, node)",
              ("tests/test_transformers.py::test_a_gated_mlp_prunes_its_hidden_units_as_pairs_of_the_two_halves_it_multiplies",)),
+    Mutation("channels mapped beyond a consumer's inputs", "pruning/layers.py",
+             "        if unmapped:\n", "        if False:\n",
+             ("tests/test_transformers.py::"
+              "test_channels_mapped_beyond_a_consumers_inputs_are_left_out_and_the_rest_prunes_exactly",)),
     Mutation("width-tied attention's measured cost", "pruning/attention.py",
              "    for units in range(min(3, width // heads)):", "    for units in range(min(2, width // heads)):",
              ("tests/test_transformers.py::test_width_tied_attention_costs_are_exact",)),

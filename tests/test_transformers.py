@@ -312,6 +312,24 @@ def test_gated_mlp_costs_are_exact(build, size):
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
 
 
+def tiny_levit() -> nn.Module:
+    from timm.models.levit import Levit
+
+    torch.manual_seed(0)
+    return randomized(Levit(img_size=32, num_classes=5, embed_dim=(16, 24), key_dim=4, depth=(1, 1),
+                            num_heads=(2, 3))).eval()
+
+
+def test_channels_mapped_beyond_a_consumers_inputs_are_left_out_and_the_rest_prunes_exactly():
+    """LeViT splits each head's fused output into a query, a key and a wider value: the graph maps the fused
+    layer's channels past the output projection's inputs, so those channels are not a group."""
+    net, x = tiny_levit(), torch.randn(1, 3, 32, 32)
+    names = {layer.name for layer in find_prunable_layers(net, x)}
+    assert not any(".qkv." in name or ".kv." in name for name in names)
+    assert "stages.0.blocks.0.mlp.ln1.linear" in names
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(tiny_levit, 32)
+
+
 TINY_NETS = {
     "vit": ["model=vit_b_16_tv", "~model.net", "+model.net={_target_:torchvision.models.vision_transformer."
             "VisionTransformer,image_size:8,patch_size:2,num_layers:1,num_heads:2,hidden_dim:16,mlp_dim:24}"],
