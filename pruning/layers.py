@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -266,10 +266,12 @@ def _index_mapping_fixes():
     concatenation left unmapped, as Torch-Pruning means to, when it cannot size all its inputs
     (``_concat_sizes_known``), and a reshape that merges a channels-last tensor's channels with spatial
     neighbours mapped as interleaved (``_channels_last_merge``; Torch-Pruning maps 4-d flattens only, as blocks),
-    and a split of a channels-last tensor along its channels mapped (``_last_axis_split_sizes``; Torch-Pruning maps
-    splits along axis 1 only)."""
+    a split of a channels-last tensor along its channels mapped (``_last_axis_split_sizes``; Torch-Pruning maps
+    splits along axis 1 only), and an unbind none of whose outputs reaches a layer left unmapped (Torch-Pruning
+    divides by their number)."""
     slice_mapping, concat_mapping = index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping
     reshape_mapping, split_mapping = index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping
+    unbind_mapping = index_mapping.update_unbind_index_mapping
 
     def update_slice(graph, node):
         if _slice_cuts_the_channels(graph, node):
@@ -282,7 +284,8 @@ def _index_mapping_fixes():
     def update_reshape(graph, node):
         merge = _channels_last_merge(graph, node)
         if merge is None:
-            reshape_mapping(graph, node)
+            with suppress(ZeroDivisionError):  # channels inferred as 0 (a residual from the input): unmapped
+                reshape_mapping(graph, node)
         else:
             _map_interleaved(node, *merge)
 
@@ -293,8 +296,13 @@ def _index_mapping_fixes():
         else:
             _map_last_axis_split(node, split)
 
+    def update_unbind(graph, node):
+        if node.outputs:
+            unbind_mapping(graph, node)
+
     index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = update_slice, update_concat
     index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = update_reshape, update_split
+    index_mapping.update_unbind_index_mapping = update_unbind
     try:
         yield
     finally:
@@ -302,11 +310,21 @@ def _index_mapping_fixes():
                                                                                              concat_mapping)
         index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = (reshape_mapping,
                                                                                                split_mapping)
+        index_mapping.update_unbind_index_mapping = unbind_mapping
 
 
 #: Torch-Pruning's node types that are operations on tensors, not layers with weights
 _TENSOR_OPERATIONS = {tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT,
                       tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.OUTPUT}
+
+
+def parameter_channel_axis(parameter: torch.Tensor) -> int | None:
+    """The axis of a parameter outside any layer that carries channels: the last axis longer than 1 whose length no
+    other such axis has (a positional embedding of ``1 x C x H x W``: axis 1; of ``1 x H x W x C`` or ``1 x T x C``:
+    the last), else the last axis longer than 1 (Torch-Pruning's rule); None for a scalar."""
+    long = [i for i, size in enumerate(parameter.shape) if size > 1]
+    unique = [i for i in long if sum(parameter.shape[j] == parameter.shape[i] for j in long) == 1]
+    return (unique or long or [None])[-1]
 
 
 class DependencyGraph(tp.DependencyGraph):
@@ -319,6 +337,12 @@ class DependencyGraph(tp.DependencyGraph):
             super().build_dependency(*args, **kwargs)
         self._drop_dead_ends()
         return self
+
+    def _detect_unwrapped_parameters(self, unwrapped_parameters):
+        """Torch-Pruning's parameters outside any layer, each pruned on ``parameter_channel_axis``."""
+        names, found = super()._detect_unwrapped_parameters(unwrapped_parameters)
+        return names, [entry._replace(pruning_dim=parameter_channel_axis(entry.parameters))
+                       if isinstance(entry, tp._helpers.UnwrappedParameters) else entry for entry in found]
 
     def _trace(self, model, *args, **kwargs):
         """Torch-Pruning's trace, with every module that has a customized pruner read as one operation from its
@@ -372,7 +396,7 @@ class DependencyGraph(tp.DependencyGraph):
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
     """The dependency graph of ``model`` (``DependencyGraph``, with ``customized_pruners``); parameters outside any
-    layer (class tokens, positional embeddings, layer scales) are pruned on their last axis longer than 1; the
+    layer (class tokens, positional embeddings, layer scales) are pruned on ``parameter_channel_axis``; the
     roles of attention modules of no known class are inferred first (``infer_attention_roles``)."""
     infer_attention_roles(model, example_input)
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd

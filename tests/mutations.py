@@ -256,6 +256,9 @@ MUTATIONS = [
              "        if unmapped:\n", "        if False:\n",
              ("tests/test_transformers.py::"
               "test_channels_mapped_beyond_a_consumers_inputs_are_left_out_and_the_rest_prunes_exactly",)),
+    Mutation("loose parameters on their channel axis", "pruning/layers.py",
+             "    return (unique or long or [None])[-1]", "    return (long or [None])[-1]",
+             ("tests/test_transformers.py::test_a_loose_parameter_is_pruned_on_its_one_axis_of_its_own_length",)),
     Mutation("width-tied attention's measured cost", "pruning/attention.py",
              "    for units in range(min(3, width // heads)):", "    for units in range(min(2, width // heads)):",
              ("tests/test_transformers.py::test_width_tied_attention_costs_are_exact",)),

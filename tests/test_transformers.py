@@ -12,7 +12,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from infoprune.pruning.attention import is_linear_pair, is_width_tied
 from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
-from infoprune.pruning.layers import find_prunable_layers
+from infoprune.pruning.layers import find_prunable_layers, parameter_channel_axis
 from infoprune.pruning.masks import apply_channel_masks
 from infoprune.pruning.metrics import RandomScore
 from infoprune.pruning.selection import select_layerwise
@@ -328,6 +328,34 @@ def test_channels_mapped_beyond_a_consumers_inputs_are_left_out_and_the_rest_pru
     assert not any(".qkv." in name or ".kv." in name for name in names)
     assert "stages.0.blocks.0.mlp.ln1.linear" in names
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(tiny_levit, 32)
+
+
+class ImagePositionNet(nn.Module):
+    """Convolutions with a positional embedding of ``1 x C x H x W`` added to the first one's output (Visformer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.positions = nn.Parameter(torch.zeros(1, 6, 4, 4))
+        self.conv = nn.Conv2d(6, 7, 3, padding=1)
+        self.head = nn.Linear(7, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(self.stem(x) + self.positions)).mean((2, 3)))
+
+
+def tiny_image_position_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomized(ImagePositionNet()).eval()
+
+
+def test_a_loose_parameter_is_pruned_on_its_one_axis_of_its_own_length():
+    assert [parameter_channel_axis(torch.zeros(shape)) for shape in
+            [(1, 6, 4, 4), (1, 4, 4, 6), (1, 197, 192), (1, 1, 8), (1, 8, 1, 1), (5,), (1, 5, 5, 5), (1,)]] == [
+        1, 3, 2, 2, 1, 0, 3, None]
+    net, x = tiny_image_position_net(), torch.randn(2, 3, 8, 8)
+    assert_masked_equals_slimmed_exactly(net, {"stem": 2}, x)
+    assert net.positions.shape == (1, 4, 4, 4) and net.conv.in_channels == 4
 
 
 TINY_NETS = {
