@@ -13,12 +13,11 @@ with its filter)."""
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from functools import partial
 
 from infoprune.pruning.attention import (
     attention_cost,

@@ -174,9 +174,28 @@ def _slice_cuts_the_channels(graph, node) -> bool:
     return all(c is None or c == sizes[axis] for c in channels)
 
 
+def _traced_concat_sizes(node) -> list[int] | None:
+    """The sizes of a concatenation's inputs along its axis as the forward pass had them (each input operation's
+    output shape, as autograd recorded it), when they add up to the output's; None otherwise."""
+    def shape(grad_fn):
+        metadata = getattr(grad_fn, "_input_metadata", None)
+        return metadata[0].shape if metadata else None
+
+    out, dim = shape(node.grad_fn), getattr(node.grad_fn, "_saved_dim", None)
+    shapes = [shape(source.grad_fn) for source in node.inputs]
+    if out is None or dim is None or any(s is None or len(s) != len(out) for s in shapes):
+        return None
+    dim = dim - 2 ** 64 + len(out) if dim >= 2 ** 63 else dim
+    sizes = [s[dim] for s in shapes]
+    return sizes if sum(sizes) == out[dim] else None
+
+
 def _concat_sizes_known(graph, node) -> bool:
-    """Whether Torch-Pruning can infer the channels of every input of a concatenation (it stops mapping one whose
-    inputs it cannot size, but first adds the sizes up and fails on the unknown ones)."""
+    """Whether the channels of every input of a concatenation are known: recorded in the trace
+    (``_traced_concat_sizes``), or inferred by Torch-Pruning (it stops mapping one whose inputs it cannot size, but
+    first adds the sizes up and fails on the unknown ones)."""
+    if node.module.concat_sizes is None:
+        node.module.concat_sizes = _traced_concat_sizes(node)
     if node.module.concat_sizes is not None:
         return True
     return all(infer_channels_between(graph, source, node) is not None for source in node.inputs)
@@ -327,6 +346,14 @@ def parameter_channel_axis(parameter: torch.Tensor) -> int | None:
     return (unique or long or [None])[-1]
 
 
+def _covers_pruning_op(group: tp.Group, dep, idxs) -> bool:
+    """Whether ``group`` already prunes every index of ``idxs`` (with its root index) on ``dep``'s layer and
+    operation."""
+    covered = {i for other, other_idxs in group.items
+               if other.target == dep.target and other.handler == dep.handler for i in other_idxs}
+    return all(i in covered for i in idxs)
+
+
 class DependencyGraph(tp.DependencyGraph):
     """Torch-Pruning's dependency graph with channels-last slices left unmapped (``_index_mapping_fixes``) when it
     is built and whenever it maps a group's indices, and without the operations that lead only to the network's
@@ -390,8 +417,17 @@ class DependencyGraph(tp.DependencyGraph):
             node.dependencies = [d for d in node.dependencies if d.target in live]
 
     def get_pruning_group(self, *args, **kwargs) -> tp.Group:
-        with _index_mapping_fixes():
-            return super().get_pruning_group(*args, **kwargs)
+        """Torch-Pruning's group, with the index mapping fixes, and a dependency reached again not followed again
+        when the indices it carries are already in the group for its layer (Torch-Pruning follows it unless they
+        are the very same list, which multiplies the work through networks that slice, concatenate and add the
+        same channels, as DPN's dual paths)."""
+        original = tp.dependency.group.Group.has_pruning_op
+        tp.dependency.group.Group.has_pruning_op = _covers_pruning_op
+        try:
+            with _index_mapping_fixes():
+                return super().get_pruning_group(*args, **kwargs)
+        finally:
+            tp.dependency.group.Group.has_pruning_op = original
 
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:

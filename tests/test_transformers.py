@@ -7,12 +7,19 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.vision_transformer import VisionTransformer
 
+import infoprune.pruning.layers as layers_module
 from infoprune.pruning.attention import is_linear_pair, is_width_tied
 from infoprune.pruning.cost import PruningCost, count_flops, count_parameters
-from infoprune.pruning.layers import find_prunable_layers, parameter_channel_axis
+from infoprune.pruning.layers import (
+    _traced_concat_sizes,
+    dependency_graph,
+    find_prunable_layers,
+    parameter_channel_axis,
+)
 from infoprune.pruning.masks import apply_channel_masks
 from infoprune.pruning.metrics import RandomScore
 from infoprune.pruning.selection import select_layerwise
@@ -356,6 +363,46 @@ def test_a_loose_parameter_is_pruned_on_its_one_axis_of_its_own_length():
     net, x = tiny_image_position_net(), torch.randn(2, 3, 8, 8)
     assert_masked_equals_slimmed_exactly(net, {"stem": 2}, x)
     assert net.positions.shape == (1, 4, 4, 4) and net.conv.in_channels == 4
+
+
+def tiny_dpn() -> nn.Module:
+    from timm.models.dpn import DPN
+
+    torch.manual_seed(0)
+    return randomized(DPN(k_sec=(1, 2, 1, 1), inc_sec=(4, 4, 4, 4), k_r=8, groups=2, num_init_features=8,
+                          small=True, num_classes=5)).eval()
+
+
+def test_dual_path_groups_cost_exactly_and_are_torch_prunings_groups_found_without_repeated_work(monkeypatch):
+    """DPN slices each block's output into a residual part and a dense part concatenated onto the earlier ones:
+    every group is what Torch-Pruning's own search finds (which follows a dependency again unless it carries the
+    very same index list), and removing any group's unit costs what slimming it saves."""
+    x = torch.randn(1, 3, 32, 32)
+
+    def groups(net):
+        return {layer.name: ([m.name for m in layer.members],
+                             [(c.idxs.tolist(), c.root_idxs.tolist()) for c in layer.consumers])
+                for layer in find_prunable_layers(net, x)}
+
+    ours = groups(tiny_dpn())
+    monkeypatch.setattr(layers_module, "_covers_pruning_op", tp.dependency.group.Group.has_pruning_op)
+    assert groups(tiny_dpn()) == ours
+    monkeypatch.undo()
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(tiny_dpn, 32)
+
+
+def test_a_concatenation_is_sized_by_the_trace():
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
+
+    graph = dependency_graph(Concat(), torch.randn(1, 3, 4, 4))
+    (node,) = [n for n in graph.module2node.values() if n.type == tp.ops.OPTYPE.CONCAT]
+    assert _traced_concat_sizes(node) == [3, 5]
 
 
 TINY_NETS = {
