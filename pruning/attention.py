@@ -82,12 +82,6 @@ def has_linear_pair(module: nn.Module) -> bool:
     return isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and qkv.out_features == 3 * proj.in_features
 
 
-def prune_linear_pair(module: nn.Module, idxs) -> None:
-    """Remove input and output channels ``idxs`` of a linear pair: ``qkv``'s columns and ``proj``'s rows."""
-    tp.prune_linear_in_channels(module.qkv, idxs)
-    tp.prune_linear_out_channels(module.proj, idxs)
-
-
 def is_linear_pair(module: nn.Module) -> bool:
     """Whether ``infer_attention_roles`` found ``module`` to run as a linear pair."""
     return _ROLES.get(module) == "pair"
@@ -365,18 +359,21 @@ def _one_per_head(width: int, heads: int, count: int = 1) -> list[int]:
 
 
 @torch.no_grad()
-def _run_pruned(module: nn.Module, prune, call, removed: list[int]):
-    """A copy of ``module`` with channels ``removed`` pruned by ``prune`` and run on the recorded ``call``
-    (``args, kwargs, output``) with those channels removed from its inputs; the copy and its first output, or None
-    when it fails or its output does not have the expected shape."""
+def _run_pruned(module: nn.Module, prune, call, removed: list[int], in_width: int | None = None):
+    """A copy of ``module`` with output channels ``removed`` (and as many input channels: the same ones when its
+    input is as wide as its output, ``in_width`` channels, else the first ones) pruned by ``prune(copy, inputs,
+    outputs)`` and run on the recorded ``call`` (``args, kwargs, output``) with those channels removed from its
+    inputs; the copy and its first output, or None when it fails or its output does not have the expected shape."""
     args, kwargs, output = call
     width = _channels(output_projection(module), "out")
-    kept = torch.tensor([c for c in range(width) if c not in set(removed)])
+    in_width = width if in_width is None else in_width
+    removed_in = removed if in_width == width else list(range(len(removed)))
+    kept_in = torch.tensor([c for c in range(in_width) if c not in set(removed_in)])
     trial = copy.deepcopy(module)
     try:
-        prune(trial, removed)
-        result = _first_tensor(trial(*(_without(a, width, kept) for a in args),
-                                     **{k: _without(v, width, kept) for k, v in kwargs.items()}))
+        prune(trial, removed_in, removed)
+        result = _first_tensor(trial(*(_without(a, in_width, kept_in) for a in args),
+                                     **{k: _without(v, in_width, kept_in) for k, v in kwargs.items()}))
     except Exception:  # noqa: BLE001 - any failure means this reading of the module is wrong
         return None
     expected = _first_tensor(output)
@@ -384,8 +381,19 @@ def _run_pruned(module: nn.Module, prune, call, removed: list[int]):
     if result is None or axis is None:
         return None
     shape = list(expected.shape)
-    shape[axis] = len(kept)
+    shape[axis] = width - len(removed)
     return (trial, result) if list(result.shape) == shape else None
+
+
+def _try_pair(module: nn.Module, inputs, outputs) -> None:
+    tp.prune_linear_in_channels(module.qkv, inputs)
+    tp.prune_linear_out_channels(module.proj, outputs)
+
+
+def _try_tied(module: nn.Module, inputs, outputs) -> None:
+    if list(inputs) != list(outputs):
+        raise ValueError("a width-tied module's input is as wide as its output")
+    prune_tied_width(module, outputs)
 
 
 def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None:
@@ -404,12 +412,11 @@ def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None
     for modules in by_class.values():
         if not all(m in calls for m in modules):
             continue
-        for role, prune in (("pair", prune_linear_pair), ("tied", prune_tied_width)):
+        for role, trial in (("pair", _try_pair), ("tied", _try_tied)):
             if role == "pair" and not all(has_linear_pair(m) for m in modules):
                 continue
-            width = [_channels(output_projection(m), "out") for m in modules]
-            if all(_run_pruned(m, prune, calls[m], _one_per_head(w, head_count(m))) is not None
-                   for m, w in zip(modules, width)):
+            if all(_run_pruned(m, trial, calls[m], _one_per_head(_channels(output_projection(m), "out"), head_count(m)),
+                               m.qkv.in_features if role == "pair" else None) is not None for m in modules):
                 for m in modules:
                     _ROLES[m] = role
                 break
@@ -444,7 +451,7 @@ def measured_attention_cost(module: nn.Module, call) -> "MeasuredAttentionCost":
         removed = _one_per_head(width, heads, units)
         trial, args, kwargs = module, call[0], call[1]
         if units:
-            trial = _run_pruned(module, prune_tied_width, call, removed)[0]
+            trial = _run_pruned(module, _try_tied, call, removed)[0]
             kept = torch.tensor([c for c in range(width) if c not in set(removed)])
             args = tuple(_without(a, width, kept) for a in args)
             kwargs = {k: _without(v, width, kept) for k, v in kwargs.items()}

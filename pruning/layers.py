@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency import index_mapping
-from torch_pruning.dependency.shape_infer import infer_channels_between
+from torch_pruning.dependency import shape_infer
 
 from infoprune.pruning.attention import (
     GenericTiedPruner,
@@ -161,6 +161,15 @@ def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePr
     return custom
 
 
+def _channels_between(graph, source, node) -> int | None:
+    """Torch-Pruning's channels from ``source`` to ``node``, or None where it cannot tell (a split whose sizes it
+    recorded for fewer outputs than the split has)."""
+    try:
+        return shape_infer.infer_channels_between(graph, source, node)
+    except IndexError:
+        return None
+
+
 def _slice_cuts_the_channels(graph, node) -> bool:
     """Whether a slice cuts its input's channels: it is not the whole axis, and the sliced axis is as long as the
     channels Torch-Pruning infers for the input (a channels-last tensor's spatial slice, as Swin's patch merging's
@@ -170,7 +179,7 @@ def _slice_cuts_the_channels(graph, node) -> bool:
         return True
     if node.module.start == 0 and node.module.step == 1 and node.module.end >= sizes[axis]:
         return False
-    channels = [infer_channels_between(graph, source, node) for source in node.inputs]
+    channels = [_channels_between(graph, source, node) for source in node.inputs]
     return all(c is None or c == sizes[axis] for c in channels)
 
 
@@ -198,7 +207,7 @@ def _concat_sizes_known(graph, node) -> bool:
         node.module.concat_sizes = _traced_concat_sizes(node)
     if node.module.concat_sizes is not None:
         return True
-    return all(infer_channels_between(graph, source, node) is not None for source in node.inputs)
+    return all(_channels_between(graph, source, node) is not None for source in node.inputs)
 
 
 class _InterleavedIndexMapping:
@@ -223,7 +232,7 @@ def _channels_last_merge(graph, node) -> tuple[int, int] | None:
     metadata = getattr(node.grad_fn, "_input_metadata", None)
     if sizes is None or not metadata:
         return None
-    inputs = [infer_channels_between(graph, source, node) for source in node.inputs]
+    inputs = [_channels_between(graph, source, node) for source in node.inputs]
     channels, out = next((c for c in inputs if c), None), metadata[0].shape[-1]
     if not channels or sizes[-1] != channels or out <= channels or out % channels:
         return None
@@ -249,7 +258,7 @@ def _last_axis_split_sizes(graph, node) -> list[int] | None:
     if sizes is None or dim is None or len(sizes) < 3 or dim not in (-1, len(sizes) - 1):
         return None
     total = sizes[-1]
-    if any(infer_channels_between(graph, source, node) not in (None, total) for source in node.inputs):
+    if any(_channels_between(graph, source, node) not in (None, total) for source in node.inputs):
         return None
     split = getattr(node.grad_fn, "_saved_split_sizes", None)
     if split is None:

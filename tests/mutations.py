@@ -262,8 +262,8 @@ MUTATIONS = [
              "    for units in range(min(3, width // heads)):", "    for units in range(min(2, width // heads)):",
              ("tests/test_transformers.py::test_width_tied_attention_costs_are_exact",)),
     Mutation("width-tied attention found by trying it", "pruning/attention.py",
-             '        for role, prune in (("pair", prune_linear_pair), ("tied", prune_tied_width)):',
-             '        for role, prune in (("pair", prune_linear_pair),):',
+             '        for role, trial in (("pair", _try_pair), ("tied", _try_tied)):',
+             '        for role, trial in (("pair", _try_pair),):',
              ("tests/test_transformers.py::"
               "test_an_attention_that_splits_its_input_width_into_heads_is_found_width_tied_and_slims_inside",)),
 ]
