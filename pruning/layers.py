@@ -291,15 +291,25 @@ def _map_last_axis_split(node, split: list[int]) -> None:
 def _index_mapping_fixes():
     """Torch-Pruning's index mapping with a slice mapping channels only when it cuts them
     (``_slice_cuts_the_channels``: its own rule takes axis 1 of every 4-d tensor for the channels), a
-    concatenation left unmapped, as Torch-Pruning means to, when it cannot size all its inputs
-    (``_concat_sizes_known``), and a reshape that merges a channels-last tensor's channels with spatial
+    concatenation sized by the trace, or left unmapped, as Torch-Pruning means to, when its inputs cannot be sized
+    (``_concat_sizes_known``), a reshape that merges a channels-last tensor's channels with spatial
     neighbours mapped as interleaved (``_channels_last_merge``; Torch-Pruning maps 4-d flattens only, as blocks),
     a split of a channels-last tensor along its channels mapped (``_last_axis_split_sizes``; Torch-Pruning maps
-    splits along axis 1 only), and an unbind none of whose outputs reaches a layer left unmapped (Torch-Pruning
-    divides by their number)."""
+    splits along axis 1 only), an unbind none of whose outputs reaches a layer left unmapped (Torch-Pruning
+    divides by their number), and channels that Torch-Pruning's inference cannot tell (a split whose sizes it
+    recorded for fewer outputs than the split has) unknown rather than an error."""
     slice_mapping, concat_mapping = index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping
     reshape_mapping, split_mapping = index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping
     unbind_mapping = index_mapping.update_unbind_index_mapping
+    infer_out, infer_in = shape_infer.infer_out_channels_recursively, shape_infer.infer_in_channels_recursively
+
+    def unknown_on_index_error(infer):
+        def safe(*args, **kwargs):
+            try:
+                return infer(*args, **kwargs)
+            except IndexError:
+                return None
+        return safe
 
     def update_slice(graph, node):
         if _slice_cuts_the_channels(graph, node):
@@ -331,6 +341,8 @@ def _index_mapping_fixes():
     index_mapping.update_slice_index_mapping, index_mapping.update_concat_index_mapping = update_slice, update_concat
     index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = update_reshape, update_split
     index_mapping.update_unbind_index_mapping = update_unbind
+    shape_infer.infer_out_channels_recursively = unknown_on_index_error(infer_out)
+    shape_infer.infer_in_channels_recursively = unknown_on_index_error(infer_in)
     try:
         yield
     finally:
@@ -339,6 +351,7 @@ def _index_mapping_fixes():
         index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping = (reshape_mapping,
                                                                                                split_mapping)
         index_mapping.update_unbind_index_mapping = unbind_mapping
+        shape_infer.infer_out_channels_recursively, shape_infer.infer_in_channels_recursively = infer_out, infer_in
 
 
 #: Torch-Pruning's node types that are operations on tensors, not layers with weights
