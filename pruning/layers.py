@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning._helpers import _HybridIndex
-from torch_pruning.dependency import index_mapping
-from torch_pruning.dependency import shape_infer
+from torch_pruning.dependency import index_mapping, shape_infer
 
 from infoprune.pruning.attention import (
     GenericTiedPruner,
