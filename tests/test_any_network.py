@@ -174,6 +174,7 @@ def test_bad_networks_fail_before_any_training(make_cfg, target, message):
         validate_pruning(cfg)
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_a_slimmed_torchvision_network_goes_through_every_entry_point(tmp_path):
     from infoprune.pipeline import prune
     from infoprune.training import train

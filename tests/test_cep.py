@@ -259,6 +259,7 @@ def test_hcep_quota_above_the_target_density_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run" / "baseline").exists()
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_prune_py_with_every_connection_criterion_on_digits(tmp_path):
     base = FAST + ["trainer.accelerator=cpu", "trainer.max_epochs=2", "finetune.max_epochs=1",
                    "pruning.stats.num_images=256", "pruning/schedule=iterative", "pruning.schedule.steps=2",

@@ -119,6 +119,7 @@ def check_one_trained_and_both_used_it(results: list[dict]) -> None:
     assert results[0]["baseline_val_acc"] == results[1]["baseline_val_acc"] and len(results[0]["baseline_val_acc"]) == 2
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_two_jobs_started_at_once_train_their_baseline_once(tmp_path):
     check_one_trained_and_both_used_it(two_jobs_sharing_a_baseline(tmp_path))
 

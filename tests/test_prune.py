@@ -313,6 +313,7 @@ def directory_digest(root: Path) -> dict[str, str]:
             if f.is_file()}
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_two_job_multirun_reports_and_its_rerun_leaves_finished_jobs_byte_identical(tmp_path, baseline):
     sweep = tmp_path / "sweep"
     setting = [f"ckpt_path={baseline}", "pruning/metric=mi,l1_out", "pruning.target=0.5", f"hydra.sweep.dir={sweep}"]

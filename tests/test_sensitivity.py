@@ -145,6 +145,7 @@ def test_bad_input_fails_before_any_work(tmp_path, override, key):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_multirun_shards_merge_and_the_scope_prunes_from_the_table(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "infoprune.sensitivity", "-m", "sensitivity.num_shards=2", "sensitivity.shard=0,1",

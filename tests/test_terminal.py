@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 STARTUP_LINES = ("GPU available", "TPU available", "litlogger", "already configured with model summary")
@@ -20,6 +22,7 @@ def run_main_job(tmp_path, *extra: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow  # 15-45 s on 2 cores: outside the default suite's 4-minute budget
 def test_start_up_lines_once_phases_named_and_verbose_brings_everything_back(tmp_path):
     quiet = run_main_job(tmp_path / "quiet", "finetune.max_epochs=1")
     lines = quiet.splitlines()
