@@ -105,7 +105,10 @@ def channel_maps(output: torch.Tensor, channel_axis: int) -> torch.Tensor:
 def per_image_maps(maps: torch.Tensor, images: int) -> torch.Tensor:
     """Feature maps of ``k`` windows or regions per image (``k * N`` leading entries, each image's consecutive, as
     window attention and region heads lay them out) as one N x C x kH x W map per image, so that a channel's
-    statistic pools over an image's windows as over its positions."""
+    statistic pools over an image's windows as over its positions. A map computed once for the whole batch (one
+    entry: it depends on no image, as XCiT's Fourier positional encoding) is every image's."""
+    if maps.shape[0] == 1:
+        return maps.expand(images, -1, -1, -1)
     if maps.shape[0] % images:
         raise ValueError(f"a feature map with {maps.shape[0]} entries for a batch of {images} images")
     n, c, h, w = images, maps.shape[1], maps.shape[2], maps.shape[3]

@@ -435,3 +435,5 @@ def test_windows_or_regions_of_an_image_pool_into_its_one_value_per_channel():
     assert torch.allclose(pooled, windows.view(2, 3, 5, 4, 4).mean(dim=(1, 3, 4)))
     with pytest.raises(ValueError, match="7 entries for a batch of 2 images"):
         per_image_maps(torch.randn(7, 5, 4, 4), 2)
+    shared = torch.randn(1, 5, 4, 4)  # computed once for the batch, from no image
+    assert torch.equal(per_image_maps(shared, 3), shared.expand(3, -1, -1, -1))
