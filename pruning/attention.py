@@ -44,7 +44,8 @@ from functools import cache
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch.utils.flop_counter import FlopCounterMode
+
+from infoprune.pruning.flops import call_flops
 
 
 def attention_projections(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None, nn.Linear]:
@@ -455,9 +456,7 @@ def measured_attention_cost(module: nn.Module, call) -> "MeasuredAttentionCost":
             kept = torch.tensor([c for c in range(width) if c not in set(removed)])
             args = tuple(_without(a, width, kept) for a in args)
             kwargs = {k: _without(v, width, kept) for k, v in kwargs.items()}
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            trial(*args, **kwargs)
-        points[width - len(removed)] = (sum(p.numel() for p in trial.parameters()), counter.get_total_flops())
+        points[width - len(removed)] = (sum(p.numel() for p in trial.parameters()), call_flops(trial, *args, **kwargs))
     return MeasuredAttentionCost(points)
 
 

@@ -17,7 +17,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from infoprune.pruning.attention import (
     attention_cost,
@@ -28,6 +27,7 @@ from infoprune.pruning.attention import (
     measured_attention_cost,
     record_calls,
 )
+from infoprune.pruning.flops import call_flops
 from infoprune.pruning.layers import PrunableLayer, convolution_groups, preserved_modes
 
 
@@ -37,19 +37,13 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def count_flops(module: torch.nn.Module, example_input: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example_input`` (``torch.utils.flop_counter``; a multiply-add counts 2).
-    ``nn.MultiheadAttention`` runs its composite path here: its fused inference kernel is invisible to the
-    counter."""
-    was_training, fastpath = module.training, torch.backends.mha.get_fastpath_enabled()
+    """FLOPs of one forward pass in eval mode on ``example_input`` (``pruning.flops.call_flops``)."""
+    was_training = module.training
     module.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(example_input)
+        return call_flops(module, example_input)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
         module.train(was_training)
-    return counter.get_total_flops()
 
 
 def output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:

@@ -437,3 +437,20 @@ def test_windows_or_regions_of_an_image_pool_into_its_one_value_per_channel():
         per_image_maps(torch.randn(7, 5, 4, 4), 2)
     shared = torch.randn(1, 5, 4, 4)  # computed once for the batch, from no image
     assert torch.equal(per_image_maps(shared, 3), shared.expand(3, -1, -1, -1))
+
+
+def test_flops_are_counted_when_a_parameter_reaches_a_layer_unchanged():
+    """CaiT feeds its class token, expanded to the batch (a no-op for one image), straight into a block."""
+
+    class TokenNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.block = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.token.expand(x.shape[0], -1, -1)) + x.mean()
+
+    net = TokenNet()
+    assert count_flops(net, torch.randn(1, 3, 4, 4)) == 2 * 4 * 3
+    assert all(p.requires_grad for p in net.parameters())
