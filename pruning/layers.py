@@ -590,6 +590,13 @@ def _consumer(item) -> Consumer | None:
     return Consumer(module, torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
 
 
+def layer_row_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Parameters a convolution or linear layer subclass keeps beside its weight and bias, one row per output
+    channel (the gain of timm's ``ScaledStdConv2d``): Torch-Pruning does not prune them with the layer's rows."""
+    return [(name, p) for name, p in module.named_parameters(recurse=False)
+            if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == module.weight.shape[0]]
+
+
 def _untapped_batchnorms(targets: list[nn.Module], members: list[Member]) -> list[nn.Module]:
     """Batch norms of a group that are no member's ``bn`` tap (LeViT's over flattened tokens): their affine entries
     go with the channels as loose parameters."""
@@ -635,7 +642,8 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     as are channels that an attention module splits into heads (its head count, ``pruning.attention``) or a group
     norm into groups (``num_groups``: every group keeps as many channels; its affine entries are masked as loose
     parameters, while its statistics still include a masked channel's zeros; so are the affine entries of batch
-    norms that are no member's tap). A group whose members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
+    norms that are no member's tap and a member's own per-row parameters, ``layer_row_parameters``). A group whose
+    members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
     heads), that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) or
     that the graph maps beyond a consumer's inputs (a split into heads of unequal parts, as LeViT's keys, queries and
     values) is not prunable here and is left out (logged). The tap points of every member follow its output through the forward
@@ -694,6 +702,7 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
                    and isinstance(item.dep.target.module, nn.LayerNorm)],
             parameters=[(m, unwrapped[id(m)]) for m in targets if id(m) in unwrapped]
             + [(p, 0) for m in group_norms + _untapped_batchnorms(targets, members)
-               for p in (m.weight, m.bias) if p is not None],
+               for p in (m.weight, m.bias) if p is not None]
+            + [(p, 0) for member in members for _, p in layer_row_parameters(member.module)],
             attentions=attentions, dependency_group=group, channel_groups=channel_groups))
     return layers

@@ -8,7 +8,13 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from infoprune.pruning.layers import PrunableLayer, dependency_graph, find_prunable_layers, pruning_group
+from infoprune.pruning.layers import (
+    PrunableLayer,
+    dependency_graph,
+    find_prunable_layers,
+    layer_row_parameters,
+    pruning_group,
+)
 from infoprune.pruning.masks import MaskedNormalization, removed_channels
 
 
@@ -20,6 +26,13 @@ def refresh_recorded_widths(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, VisionTransformer):
             module.hidden_dim = module.conv_proj.out_channels
+
+
+def _drop_rows(module: nn.Module, name: str, removed: list[int]) -> None:
+    """Remove rows ``removed`` of ``module``'s parameter ``name``."""
+    parameter = getattr(module, name)
+    kept = [i for i in range(parameter.shape[0]) if i not in set(removed)]
+    setattr(module, name, nn.Parameter(parameter.data[kept].clone(), requires_grad=parameter.requires_grad))
 
 
 def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch.Tensor],
@@ -34,7 +47,11 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()
         if removed:
+            rows = [(member.module, name) for member in layer.members
+                    for name, _ in layer_row_parameters(member.module)]
             pruning_group(graph, layer.module, removed).prune()
+            for module, name in rows:
+                _drop_rows(module, name, removed)
     refresh_recorded_widths(model)
     return [layer.num_channels for layer in layers]
 

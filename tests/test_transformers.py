@@ -454,3 +454,21 @@ def test_flops_are_counted_when_a_parameter_reaches_a_layer_unchanged():
     net = TokenNet()
     assert count_flops(net, torch.randn(1, 3, 4, 4)) == 2 * 4 * 3
     assert all(p.requires_grad for p in net.parameters())
+
+
+def tiny_std_conv_net() -> nn.Module:
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    return randomized(nn.Sequential(ScaledStdConv2d(3, 6, 3), nn.ReLU(), ScaledStdConv2d(6, 5, 3), nn.ReLU(),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))).eval()
+
+
+def test_a_layers_own_per_row_parameters_go_with_its_rows():
+    """timm's ``ScaledStdConv2d`` keeps a gain per output channel beside its weight."""
+    net, x = tiny_std_conv_net(), torch.randn(2, 3, 8, 8)
+    layers = find_prunable_layers(net, x[:1])
+    slim(net, layers, keep_all_but(layers, {"0": 2}), x[:1])
+    assert net[0].weight.shape[0] == net[0].gain.shape[0] == 4 and net[2].in_channels == 4
+    assert net(x).shape == (2, 4)
+    test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(tiny_std_conv_net, 8)
