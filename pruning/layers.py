@@ -367,6 +367,43 @@ def parameter_channel_axis(parameter: torch.Tensor) -> int | None:
     return (unique or long or [None])[-1]
 
 
+#: indices Torch-Pruning may map in one group search before the group counts as one it cannot map (VGG-16's
+#: flatten into its classifier maps 25,088 per channel list; a runaway search, millions per list and growing)
+MAX_MAPPED_INDICES = 1_000_000
+
+
+class IndexMappingBlowUp(RuntimeError):
+    """A group search mapped more than ``MAX_MAPPED_INDICES`` indices."""
+
+
+@contextmanager
+def _bounded_index_mapping():
+    """Count the indices Torch-Pruning's flatten, concatenation and split mappings produce in one group search;
+    raise ``IndexMappingBlowUp`` past ``MAX_MAPPED_INDICES`` (mappings that multiply index lists along every path
+    through flattens and concatenations, as EfficientViT-M's cascaded attention)."""
+    classes = (index_mapping._FlattenIndexMapping, index_mapping._ConcatIndexMapping,
+               index_mapping._SplitIndexMapping)
+    calls = {cls: cls.__call__ for cls in classes}
+    mapped = [0]
+
+    def counted(call):
+        def mapping(self, idxs):
+            out = call(self, idxs)
+            mapped[0] += len(out)
+            if mapped[0] > MAX_MAPPED_INDICES:
+                raise IndexMappingBlowUp(f"more than {MAX_MAPPED_INDICES} indices mapped for one group")
+            return out
+        return mapping
+
+    for cls, call in calls.items():
+        cls.__call__ = counted(call)
+    try:
+        yield
+    finally:
+        for cls, call in calls.items():
+            cls.__call__ = call
+
+
 def _covers_pruning_op(group: tp.Group, dep, idxs) -> bool:
     """Whether ``group`` already prunes every index of ``idxs`` (with its root index) on ``dep``'s layer and
     operation."""
@@ -445,7 +482,7 @@ class DependencyGraph(tp.DependencyGraph):
         original = tp.dependency.group.Group.has_pruning_op
         tp.dependency.group.Group.has_pruning_op = _covers_pruning_op
         try:
-            with _index_mapping_fixes():
+            with _index_mapping_fixes(), _bounded_index_mapping():
                 return super().get_pruning_group(*args, **kwargs)
         finally:
             tp.dependency.group.Group.has_pruning_op = original
@@ -646,7 +683,8 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
     members differ in width (an operation the graph cannot map, as a fused query-key-value output split into
     heads), that no layer reads (the network's outputs: a classifier's logits, a segmentation head's class maps) or
     that the graph maps beyond a consumer's inputs (a split into heads of unequal parts, as LeViT's keys, queries and
-    values) is not prunable here and is left out (logged). The tap points of every member follow its output through the forward
+    values) or to more indices than a search allows (``MAX_MAPPED_INDICES``) is not prunable here and is left out
+    (logged). The tap points of every member follow its output through the forward
     pass (``_following_taps``). A convolution that the forward pass in eval mode never calls (an auxiliary
     classifier run only in training) is an error: the channels it reads could not be kept consistent.
     """
@@ -670,7 +708,12 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
         root = isinstance(module, nn.Conv2d) or isinstance(module, nn.Linear) and module in positional
         if not root or module in covered or _is_depthwise(module) or module not in graph.module2node:
             continue
-        group = pruning_group(graph, module, list(range(module.weight.shape[0])))
+        try:
+            group = pruning_group(graph, module, list(range(module.weight.shape[0])))
+        except IndexMappingBlowUp:
+            log.warning("channels of %s map to more indices than a group search allows (%d) and are not pruned",
+                        names[module], MAX_MAPPED_INDICES)
+            continue
         targets = [item.dep.target.module for item in group if _is_op(item, "prune_out_channels")]
         members = sorted(filter(None, (_member(m, names, calls, reused) for m in targets)), key=lambda m: order[m.module])
         covered.update(member.module for member in members)

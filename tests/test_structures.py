@@ -269,3 +269,18 @@ def test_group_norm_channels_go_one_position_per_group_and_cost_exactly():
         assert (cost.params, cost.flops) == (count_parameters(net), count_flops(net, x[:1])), layer.name
         assert net(x).shape == (2, 3, 8, 8)
     assert (net.tower[1].num_channels, net.tower[4].num_channels) == (16, 6)
+
+
+def test_a_group_search_that_maps_more_indices_than_allowed_leaves_that_group_out(monkeypatch, caplog):
+    """A flatten into a linear layer maps each channel to its positions; past the bound the group is left out,
+    logged, and the other groups stay."""
+    import infoprune.pruning.layers as layers_module
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(6 * 4 * 4, 5))
+    x = torch.randn(1, 3, 8, 8)
+    assert [layer.name for layer in find_prunable_layers(net, x)] == ["0", "2"]
+    monkeypatch.setattr(layers_module, "MAX_MAPPED_INDICES", 6 * 16 - 1)  # the flatten maps 6 channels to 96 inputs
+    with caplog.at_level("WARNING"):
+        assert [layer.name for layer in find_prunable_layers(net, x)] == ["0"]
+    assert "more indices than a group search allows" in caplog.text
