@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from infoprune.pruning.flops import call_flops
+from infoprune.pruning.modes import preserved_modes
 
 
 def attention_projections(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None, nn.Linear]:
@@ -218,7 +219,7 @@ def mask_attention(module: nn.Module, removed: torch.Tensor) -> None:
     if is_width_tied(module):
         width = attention_width(module)
         for child in module.children():
-            if isinstance(child, (nn.Linear, nn.Conv2d)) and _channels(child, "out") % width == 0:
+            if _is_projection(child) and _channels(child, "out") % width == 0:
                 rows = _inner_rows(width, removed.cpu(), _channels(child, "out") // width).to(child.weight.device)
                 child.weight[rows] = 0.0
                 if child.bias is not None:
@@ -251,12 +252,17 @@ def head_count(module: nn.Module) -> int | None:
     return None
 
 
+def _is_projection(module: nn.Module) -> bool:
+    """A linear layer or an ungrouped convolution."""
+    return isinstance(module, nn.Linear) or isinstance(module, nn.Conv2d) and module.groups == 1
+
+
 def output_projection(module: nn.Module) -> nn.Module | None:
     """An attention module's output projection: its linear layer or ungrouped convolution named as in
     ``OUTPUT_PROJECTIONS``."""
     for name in OUTPUT_PROJECTIONS:
         child = getattr(module, name, None)
-        if isinstance(child, nn.Linear) or isinstance(child, nn.Conv2d) and child.groups == 1:
+        if _is_projection(child):
             return child
     return None
 
@@ -277,7 +283,7 @@ def prune_tied_width(module: nn.Module, idxs) -> None:
     width, idxs = _channels(output_projection(module), "out"), sorted(int(i) for i in idxs)
     kept, heads = width - len(idxs), head_count(module)
     for child in module.children():
-        if isinstance(child, nn.Linear) or isinstance(child, nn.Conv2d) and child.groups == 1:
+        if _is_projection(child):
             out_fn, in_fn = ((tp.prune_linear_out_channels, tp.prune_linear_in_channels) if isinstance(child, nn.Linear)
                              else (tp.prune_conv_out_channels, tp.prune_conv_in_channels))
             if _channels(child, "out") % width == 0:
@@ -288,7 +294,7 @@ def prune_tied_width(module: nn.Module, idxs) -> None:
             tp.prune_layernorm_out_channels(child, idxs)
         elif isinstance(child, nn.modules.batchnorm._BatchNorm) and child.num_features == width:
             tp.prune_batchnorm_out_channels(child, idxs)
-    kept_idxs = torch.tensor([c for c in range(width) if c not in set(idxs)], dtype=torch.long)
+    kept_idxs = _kept(width, idxs)
     for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
         if tensor is not None and tuple(tensor.shape) == (width,):
             kept_tensor = tensor.data.index_select(0, kept_idxs.to(tensor.device))
@@ -359,31 +365,37 @@ def _one_per_head(width: int, heads: int, count: int = 1) -> list[int]:
     return [b * block + u for b in range(heads) for u in range(count)]
 
 
+def _kept(width: int, removed: list[int]) -> torch.Tensor:
+    """The channels of ``width`` not in ``removed``."""
+    removed = set(removed)
+    return torch.tensor([c for c in range(width) if c not in removed], dtype=torch.long)
+
+
 @torch.no_grad()
-def _run_pruned(module: nn.Module, prune, call, removed: list[int], in_width: int | None = None):
-    """A copy of ``module`` with output channels ``removed`` (and as many input channels: the same ones when its
-    input is as wide as its output, ``in_width`` channels, else the first ones) pruned by ``prune(copy, inputs,
-    outputs)`` and run on the recorded ``call`` (``args, kwargs, output``) with those channels removed from its
-    inputs; the copy and its first output, or None when it fails or its output does not have the expected shape."""
+def _runs_pruned(module: nn.Module, prune, call, removed: list[int], in_width: int | None = None) -> bool:
+    """Whether a copy of ``module`` with output channels ``removed`` (and as many input channels: the same ones when
+    its input is as wide as its output, ``in_width`` channels, else the first ones) pruned by ``prune(copy, inputs,
+    outputs)`` runs on the recorded ``call`` (``args, kwargs, output``) with those channels removed from its
+    inputs, and gives the output it gave with those channels removed."""
     args, kwargs, output = call
     width = _channels(output_projection(module), "out")
     in_width = width if in_width is None else in_width
     removed_in = removed if in_width == width else list(range(len(removed)))
-    kept_in = torch.tensor([c for c in range(in_width) if c not in set(removed_in)])
+    kept_in = _kept(in_width, removed_in)
     trial = copy.deepcopy(module)
     try:
         prune(trial, removed_in, removed)
         result = _first_tensor(trial(*(_without(a, in_width, kept_in) for a in args),
                                      **{k: _without(v, in_width, kept_in) for k, v in kwargs.items()}))
     except Exception:  # noqa: BLE001 - any failure means this reading of the module is wrong
-        return None
+        return False
     expected = _first_tensor(output)
     axis = None if expected is None else _channel_axis(expected, width)
     if result is None or axis is None:
-        return None
+        return False
     shape = list(expected.shape)
     shape[axis] = width - len(removed)
-    return (trial, result) if list(result.shape) == shape else None
+    return list(result.shape) == shape
 
 
 def _try_pair(module: nn.Module, inputs, outputs) -> None:
@@ -416,8 +428,8 @@ def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None
         for role, trial in (("pair", _try_pair), ("tied", _try_tied)):
             if role == "pair" and not all(has_linear_pair(m) for m in modules):
                 continue
-            if all(_run_pruned(m, trial, calls[m], _one_per_head(_channels(output_projection(m), "out"), head_count(m)),
-                               m.qkv.in_features if role == "pair" else None) is not None for m in modules):
+            if all(_runs_pruned(m, trial, calls[m], _one_per_head(_channels(output_projection(m), "out"), head_count(m)),
+                                m.qkv.in_features if role == "pair" else None) for m in modules):
                 for m in modules:
                     _ROLES[m] = role
                 break
@@ -431,16 +443,15 @@ def record_calls(model: nn.Module, example_input: torch.Tensor, modules: list[nn
     def record(module, args, kwargs, output):
         calls.setdefault(module, (args, kwargs, output))
 
+    if not modules:
+        return calls
     hooks = [m.register_forward_hook(record, with_kwargs=True) for m in modules]
-    modes = {m: m.training for m in model.modules()}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_modes(model):
             model.eval()(example_input[:1])
     finally:
         for hook in hooks:
             hook.remove()
-        for m, training in modes.items():
-            m.training = training
     return calls
 
 
@@ -452,8 +463,9 @@ def measured_attention_cost(module: nn.Module, call) -> "MeasuredAttentionCost":
         removed = _one_per_head(width, heads, units)
         trial, args, kwargs = module, call[0], call[1]
         if units:
-            trial = _run_pruned(module, _try_tied, call, removed)[0]
-            kept = torch.tensor([c for c in range(width) if c not in set(removed)])
+            trial = copy.deepcopy(module)
+            prune_tied_width(trial, removed)
+            kept = _kept(width, removed)
             args = tuple(_without(a, width, kept) for a in args)
             kwargs = {k: _without(v, width, kept) for k, v in kwargs.items()}
         points[width - len(removed)] = (sum(p.numel() for p in trial.parameters()), call_flops(trial, *args, **kwargs))

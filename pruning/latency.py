@@ -30,6 +30,7 @@ from torch import nn
 from infoprune.io import atomic_write_text
 from infoprune.pruning.cost import PruningCost
 from infoprune.pruning.layers import PrunableLayer
+from infoprune.pruning.modes import preserved_modes
 
 Keep = dict[str, torch.Tensor]
 
@@ -171,15 +172,12 @@ def layer_shapes(net: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]
         shapes.setdefault(names[module], LayerShape.of(module, args[0][0]))
 
     hooks = [module.register_forward_pre_hook(record) for module in names]
-    modes = [(m, m.training) for m in net.modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_modes(net):
             net.eval()(example[:1])
     finally:
         for hook in hooks:
             hook.remove()
-        for module, training in modes:
-            module.training = training
     return shapes
 
 

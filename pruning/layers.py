@@ -25,6 +25,7 @@ from infoprune.pruning.attention import (
     is_width_tied,
     tied_attention_pruners,
 )
+from infoprune.pruning.modes import preserved_modes
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,6 @@ class PrunableLayer:
         """One score per position ``u`` of the blocks: ``mean_b scores[u + b * C / g]`` (the scores themselves
         when ``g`` is 1)."""
         return scores.view(self.channel_groups, -1).mean(dim=0)
-
-
-@contextmanager
-def preserved_modes(model: nn.Module):
-    """Restore every submodule's train/eval flag on exit, whatever the body (or a library it calls) set."""
-    modes = {module: module.training for module in model.modules()}
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:

@@ -30,8 +30,8 @@ def refresh_recorded_widths(model: nn.Module) -> None:
 
 def _drop_rows(module: nn.Module, name: str, removed: list[int]) -> None:
     """Remove rows ``removed`` of ``module``'s parameter ``name``."""
-    parameter = getattr(module, name)
-    kept = [i for i in range(parameter.shape[0]) if i not in set(removed)]
+    parameter, removed = getattr(module, name), set(removed)
+    kept = [i for i in range(parameter.shape[0]) if i not in removed]
     setattr(module, name, nn.Parameter(parameter.data[kept].clone(), requires_grad=parameter.requires_grad))
 
 
