@@ -119,7 +119,7 @@ def allocate_widths(table: SensitivityTable, layers: list[PrunableLayer], scores
             for next_ratio, acc in table.curves[layer.name]:
                 n = layer_keep_count(layer, next_ratio, mode, min_channels, round_to)
                 if next_ratio > ratio and n < kept[layer.name]:
-                    units = order[layer.name][: (kept[layer.name] - n) // layer.channel_groups]
+                    units = order[layer.name][: (kept[layer.name] - n) // layer.unit_size]
                     removed = sum(cost.removal_cost(layer.name, c)[index] for unit in units for c in unit)
                     next_loss = table.baseline_acc - acc
                     key = ((next_loss - loss) / max(removed, 1), next_loss - loss)

@@ -398,6 +398,61 @@ def _runs_pruned(module: nn.Module, prune, call, removed: list[int], in_width: i
     return list(result.shape) == shape
 
 
+#: attention modules of the networks ``infer_attention_roles`` ran on whose heads can be removed whole
+_HEADS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def prunable_heads(module: nn.Module) -> bool:
+    """Whether ``infer_attention_roles`` found that ``module`` (a linear pair) runs with whole heads removed
+    (``prune_heads``), giving what it gives with those heads' queries, keys and values zeroed."""
+    return module in _HEADS
+
+
+def _head_count_attribute(module: nn.Module) -> str:
+    return next(name for name in HEAD_COUNTS if getattr(module, name, None) == head_count(module))
+
+
+def head_dims(width: int, heads: int, removed) -> list[int]:
+    """The inner dimensions ``h d_h + d`` (``d < d_h = width / heads``) of heads ``removed``."""
+    size = width // heads
+    return [h * size + d for h in sorted(int(h) for h in removed) for d in range(size)]
+
+
+def prune_heads(module: nn.Module, removed) -> None:
+    """Remove heads ``removed`` of a linear-pair attention module (inner width ``W = proj.in_features``, ``H``
+    heads of ``d_h = W / H`` dimensions): rows ``k W + h d_h + d`` (``k < 3``) of ``qkv``, columns ``h d_h + d``
+    of ``proj``; the head count becomes ``H - |removed|`` and an ``attn_dim`` attribute the new inner width."""
+    width, heads = module.proj.in_features, head_count(module)
+    dims = head_dims(width, heads, removed)
+    tp.prune_linear_out_channels(module.qkv, _inner_rows(width, dims).tolist())
+    tp.prune_linear_in_channels(module.proj, dims)
+    setattr(module, _head_count_attribute(module), heads - len(set(removed)))
+    if getattr(module, "attn_dim", None) == width:
+        module.attn_dim = module.proj.in_features
+
+
+@torch.no_grad()
+def _prunes_heads_exactly(module: nn.Module, call) -> bool:
+    """Whether a copy of ``module`` with its first head removed (``prune_heads``) gives, on the recorded ``call``,
+    what a copy with that head's ``qkv`` rows zeroed gives (within 1e-5)."""
+    heads, width = head_count(module), module.proj.in_features
+    if width % heads:
+        return False
+    masked, pruned = copy.deepcopy(module), copy.deepcopy(module)
+    rows = _inner_rows(width, head_dims(width, heads, [0]))
+    masked.qkv.weight[rows] = 0.0
+    if masked.qkv.bias is not None:
+        masked.qkv.bias[rows] = 0.0
+    args, kwargs, _ = call
+    try:
+        prune_heads(pruned, [0])
+        expected, result = _first_tensor(masked(*args, **kwargs)), _first_tensor(pruned(*args, **kwargs))
+    except Exception:  # noqa: BLE001 - any failure means the heads cannot be removed this way
+        return False
+    return (result is not None and expected is not None and result.shape == expected.shape
+            and torch.allclose(result, expected, rtol=1e-4, atol=1e-5))
+
+
 def _try_pair(module: nn.Module, inputs, outputs) -> None:
     tp.prune_linear_in_channels(module.qkv, inputs)
     tp.prune_linear_out_channels(module.proj, outputs)
@@ -416,6 +471,7 @@ def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None
     candidates = [m for m in model.modules() if _is_candidate(m)]
     for module in candidates:
         _ROLES.pop(module, None)
+        _HEADS.discard(module)
     if not candidates:
         return
     calls = record_calls(model, example_input, candidates)
@@ -433,6 +489,8 @@ def infer_attention_roles(model: nn.Module, example_input: torch.Tensor) -> None
                 for m in modules:
                     _ROLES[m] = role
                 break
+        if all(is_linear_pair(m) for m in modules) and all(_prunes_heads_exactly(m, calls[m]) for m in modules):
+            _HEADS.update(modules)
 
 
 def record_calls(model: nn.Module, example_input: torch.Tensor, modules: list[nn.Module]) -> dict:

@@ -12,6 +12,7 @@ group, as a residual block's projection back onto the residual width, loses its 
 with its filter)."""
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from functools import partial
 
@@ -25,6 +26,7 @@ from infoprune.pruning.attention import (
     is_tied_attention,
     is_width_tied,
     measured_attention_cost,
+    prune_heads,
     record_calls,
 )
 from infoprune.pruning.flops import call_flops
@@ -79,7 +81,9 @@ class PruningCost:
         self.layers = {layer.name: layer for layer in layers}
         positions = output_positions(model, example_input)
         tokens = {m: t for m, t in positions.items() if is_tied_attention(m)}
-        calls = record_calls(model, example_input, [m for m in tokens if is_width_tied(m)])
+        heads = [layer for layer in layers if layer.heads_of is not None]
+        calls = record_calls(model, example_input,
+                             [m for m in tokens if is_width_tied(m)] + [layer.heads_of for layer in heads])
         #: (parameters, FLOPs) of every tied attention module as a function of its width
         self.attention_costs = {m: measured_attention_cost(m, calls[m]) if m in calls
                                 else partial(attention_cost, m, tokens=t) for m, t in tokens.items()}
@@ -95,6 +99,20 @@ class PruningCost:
                              for layer in layers}
         self.members = {layer.name: {member.module for member in layer.members} for layer in layers}
         self.removed: set[tuple[str, int]] = set()
+        self.head_extras: dict[str, tuple[int, int]] = {}
+        #: what removing a head of a group of heads costs beyond its projections' weights (the products of
+        #: queries with keys and of attention with values), counted with the head's first channel
+        self.head_extras = {layer.name: self._head_extra(layer, calls[layer.heads_of]) for layer in heads}
+
+    def _head_extra(self, layer: PrunableLayer, call) -> tuple[int, int]:
+        """(parameters, FLOPs) of the attention module ``layer.heads_of`` on its recorded ``call`` minus those
+        with one head removed, less what ``removal_cost`` counts for that head's channels."""
+        module, (args, kwargs, _) = layer.heads_of, call
+        pruned = copy.deepcopy(module)
+        prune_heads(pruned, [0])
+        counted = [self.removal_cost(layer.name, c) for c in layer.unit_channels([0]).tolist()]
+        return (count_parameters(module) - count_parameters(pruned) - sum(p for p, _ in counted),
+                call_flops(module, *args, **kwargs) - call_flops(pruned, *args, **kwargs) - sum(f for _, f in counted))
 
     @staticmethod
     def _kernel(module: nn.Module) -> int:
@@ -124,6 +142,9 @@ class PruningCost:
             before = self.attention_costs[attention](self.widths[attention])
             after = self.attention_costs[attention](self.widths[attention] - 1)
             params, flops = params + before[0] - after[0], flops + before[1] - after[1]
+        if name in self.head_extras and channel % layer.unit_width == 0 and channel < (
+                layer.num_channels // layer.channel_groups):
+            params, flops = params + self.head_extras[name][0], flops + self.head_extras[name][1]
         return params, flops
 
     def remove(self, name: str, channel: int) -> None:

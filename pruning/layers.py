@@ -19,13 +19,16 @@ from infoprune.pruning.attention import (
     GenericTiedPruner,
     LinearPairPruner,
     attention_heads,
+    head_count,
     infer_attention_roles,
     is_linear_pair,
     is_tied_attention,
     is_width_tied,
+    prunable_heads,
     tied_attention_pruners,
 )
 from infoprune.pruning.modes import preserved_modes
+from infoprune.pruning.multihead import pair_multihead_attention
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,11 @@ class PrunableLayer:
     #: fall into ``g`` equal blocks and the same positions are removed from every block, so every convolution
     #: group keeps as many channels as the others (Torch-Pruning's ``ch_groups``); 1 otherwise
     channel_groups: int = 1
+    #: positions of a block removed together, contiguous: 1 for channels; a head's dimensions for a group of
+    #: attention heads (``head_layer``), whose query, key and value projections are the group's three blocks
+    unit_width: int = 1
+    #: the attention module whose heads the group is (``head_layer``), else None
+    heads_of: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def module(self) -> nn.Module:
@@ -122,19 +130,26 @@ class PrunableLayer:
     def member_view(self, member: Member) -> "PrunableLayer":
         """A group of ``member`` alone with the group's consumers (what a criterion scores member by member)."""
         return PrunableLayer(member.name, [member], self.consumers, self.self_masking, self.norms, self.parameters,
-                             self.attentions, channel_groups=self.channel_groups)
+                             self.attentions, channel_groups=self.channel_groups, unit_width=self.unit_width,
+                             heads_of=self.heads_of)
+
+    @property
+    def unit_size(self) -> int:
+        """Channels removed at once: ``g * w`` (``channel_groups`` blocks, ``unit_width`` positions each)."""
+        return self.channel_groups * self.unit_width
 
     def unit_channels(self, units: torch.Tensor) -> torch.Tensor:
-        """Sorted channels of the given positions ``u`` in every block: ``u + b * C / g`` for ``b < g`` (the
-        positions themselves when ``g`` is 1)."""
+        """Sorted channels of the given units ``u`` in every block: ``u w + d + b C / g`` for ``d < w``, ``b < g``
+        (the units themselves when ``g`` and ``w`` are 1)."""
         block = self.num_channels // self.channel_groups
-        offsets = torch.arange(self.channel_groups) * block
-        return (torch.as_tensor(units, dtype=torch.long)[None, :] + offsets[:, None]).flatten().sort().values
+        offsets = (torch.arange(self.channel_groups)[:, None] * block + torch.arange(self.unit_width)[None, :])
+        starts = torch.as_tensor(units, dtype=torch.long) * self.unit_width
+        return (starts[None, :, None] + offsets[:, None, :]).flatten().sort().values
 
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """One score per position ``u`` of the blocks: ``mean_b scores[u + b * C / g]`` (the scores themselves
-        when ``g`` is 1)."""
-        return scores.view(self.channel_groups, -1).mean(dim=0)
+        """One score per unit ``u``: the mean of ``scores`` over its channels (``unit_channels``; the scores
+        themselves when ``g`` and ``w`` are 1)."""
+        return scores.view(self.channel_groups, -1, self.unit_width).mean(dim=(0, 2))
 
 
 def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
@@ -481,7 +496,9 @@ class DependencyGraph(tp.DependencyGraph):
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> DependencyGraph:
     """The dependency graph of ``model`` (``DependencyGraph``, with ``customized_pruners``); parameters outside any
     layer (class tokens, positional embeddings, layer scales) are pruned on ``parameter_channel_axis``; the
-    roles of attention modules of no known class are inferred first (``infer_attention_roles``)."""
+    roles of attention modules of no known class are inferred first (``infer_attention_roles``), after every
+    ``nn.MultiheadAttention`` that can be is made a linear pair (``pruning.multihead``)."""
+    pair_multihead_attention(model)
     infer_attention_roles(model, example_input)
     with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():  # tracer needs autograd
         return DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
@@ -654,6 +671,33 @@ def _split_copies(graph: tp.DependencyGraph, module: nn.Module, group: tp.Group)
     return len(tied)
 
 
+def _head_dependency_group(qkv: nn.Linear, proj: nn.Linear, names: dict) -> tp.Group:
+    """A Torch-Pruning group of attention heads for its importance classes: ``qkv``'s rows (the group's channels)
+    and the columns of ``proj`` that read the value rows ``2 W + j``."""
+    width = proj.in_features
+    source, target = tp.dependency.Node(qkv, None, names[qkv]), tp.dependency.Node(proj, None, names[proj])
+    group = tp.Group()
+    group.add_dep(tp.Dependency(tp.prune_linear_out_channels, tp.prune_linear_out_channels, source, source),
+                  list(range(3 * width)))
+    group.add_dep(tp.Dependency(tp.prune_linear_out_channels, tp.prune_linear_in_channels, source, target),
+                  list(range(width)))
+    group[0].root_idxs, group[1].root_idxs = list(range(3 * width)), list(range(2 * width, 3 * width))
+    return group
+
+
+def head_layer(attention: nn.Module, names: dict) -> PrunableLayer:
+    """The heads of a linear-pair attention module (``pruning.attention.prune_heads``) as a channel group: the
+    ``3 W`` rows of ``qkv`` (its queries, keys and values: ``channel_groups`` 3), removed a head at a time
+    (``unit_width`` ``W / H``), read by ``proj``'s columns (through the values). Its feature map is ``qkv``'s
+    output; a head's score is the mean of its query, key and value dimensions' scores."""
+    qkv, proj = attention.qkv, attention.proj
+    width = proj.in_features
+    return PrunableLayer(names[qkv], [Member(names[qkv], qkv, {"conv": qkv}, channel_axis=-1)],
+                         [Consumer(proj, torch.arange(width), torch.arange(2 * width, 3 * width))],
+                         dependency_group=_head_dependency_group(qkv, proj, names), channel_groups=3,
+                         unit_width=width // head_count(attention), heads_of=attention)
+
+
 def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[PrunableLayer]:
     """Every channel group that can be pruned, in module order of its first member.
 
@@ -693,8 +737,12 @@ def find_prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[
                          f"them or build the network without them (torchvision's GoogLeNet and Inception-v3: "
                          f"aux_logits=False, their auxiliary classifiers run only in training)")
     unwrapped = {id(p.parameters): p.pruning_dim for p in graph.unwrapped_parameters}
+    heads = {m.qkv: m for m in model.modules() if prunable_heads(m)}
     layers, covered = [], set()
     for name, module in leaves:
+        if module in heads:
+            layers.append(head_layer(heads[module], names))
+            continue
         root = isinstance(module, nn.Conv2d) or isinstance(module, nn.Linear) and module in positional
         if not root or module in covered or _is_depthwise(module) or module not in graph.module2node:
             continue

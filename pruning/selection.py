@@ -46,10 +46,10 @@ def keep_top_channels(layer: PrunableLayer, scores: torch.Tensor, n: int) -> tor
     """Sorted channels of ``layer`` to keep: the ``n`` highest scores, or, where grouped convolutions split the
     channels into ``g`` blocks (``layer.channel_groups``), the ``n / g`` positions of highest mean score
     (``PrunableLayer.unit_scores``) in every block; ``n`` must then be a multiple of ``g``."""
-    if n % layer.channel_groups:
-        raise ValueError(f"layer {layer.name!r} keeps channels in multiples of {layer.channel_groups} (grouped "
-                         f"convolutions); {n} is not one")
-    return layer.unit_channels(keep_top(layer.unit_scores(scores), n // layer.channel_groups))
+    if n % layer.unit_size:
+        raise ValueError(f"layer {layer.name!r} keeps channels in multiples of {layer.unit_size} (grouped "
+                         f"convolutions or attention heads); {n} is not one")
+    return layer.unit_channels(keep_top(layer.unit_scores(scores), n // layer.unit_size))
 
 
 def keep_count(num_channels: int, amount: float, mode: str, min_channels: int, round_to: int) -> int:
@@ -75,17 +75,18 @@ def floor_channels(layer: PrunableLayer, min_channels: int) -> int:
     """The fewest channels ``layer`` may keep: ``min_channels``; where grouped convolutions split its channels into
     ``g`` blocks, also whole positions and two of them (as many as the layer has, if fewer): with one channel a
     block, a grouped convolution whose input and output both come down to ``g`` channels would become a depthwise
-    one, which ties its input channels to its outputs and so changes the network's channel groups."""
-    g = layer.channel_groups
-    if g == 1:
-        return min_channels
+    one, which ties its input channels to its outputs and so changes the network's channel groups. A group of
+    attention heads keeps at least one head."""
+    g = layer.unit_size
+    if layer.channel_groups == 1 or layer.unit_width > 1:
+        return round_up_to_multiple(min_channels, g, layer.num_channels)
     return round_up_to_multiple(max(min_channels, min(2, layer.num_channels // g) * g), g, layer.num_channels)
 
 
 def layer_keep_count(layer: PrunableLayer, amount: float, mode: str, min_channels: int, round_to: int) -> int:
-    """``keep_count`` for ``layer``: at least ``floor_channels``, rounded up to a multiple of ``channel_groups``."""
+    """``keep_count`` for ``layer``: at least ``floor_channels``, rounded up to a multiple of ``unit_size``."""
     return keep_count(layer.num_channels, amount, mode, floor_channels(layer, min_channels),
-                      math.lcm(round_to, layer.channel_groups))
+                      math.lcm(round_to, layer.unit_size))
 
 
 def select_layerwise(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer], amount: float,
@@ -158,7 +159,7 @@ def select_global(scores: Mapping[str, torch.Tensor], layers: list[PrunableLayer
     for _, name, unit in candidates:
         if cost.remaining(resource) <= target:
             break
-        if kept[name] - by_name[name].channel_groups >= floor_channels(by_name[name], min_channels):
+        if kept[name] - by_name[name].unit_size >= floor_channels(by_name[name], min_channels):
             remove(name, by_name[name].unit_channels([unit]).tolist())
     if cost.remaining(resource) > target:
         raise ValueError(f"target {target} of {resource} is out of reach: with {min_channels} channel(s) left in "

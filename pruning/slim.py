@@ -8,6 +8,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from infoprune.pruning.attention import prune_heads
 from infoprune.pruning.layers import (
     PrunableLayer,
     dependency_graph,
@@ -46,7 +47,10 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     graph = dependency_graph(model, example_input[:1])
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()
-        if removed:
+        if removed and layer.heads_of is not None:
+            block = layer.num_channels // layer.channel_groups  # the query rows: one block of the three
+            prune_heads(layer.heads_of, sorted({c // layer.unit_width for c in removed if c < block}))
+        elif removed:
             rows = [(member.module, name) for member in layer.members
                     for name, _ in layer_row_parameters(member.module)]
             pruning_group(graph, layer.module, removed).prune()
@@ -68,9 +72,9 @@ def slim_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: t
                          f"its groups are {sorted(found)}")
     for name, width in widths.items():
         layer = found[name]
-        if not 1 <= int(width) <= layer.num_channels or int(width) % layer.channel_groups:
+        if not 1 <= int(width) <= layer.num_channels or int(width) % layer.unit_size:
             raise ValueError(f"the structure record gives group {name!r} {width} channels; it has "
-                             f"{layer.num_channels}, pruned in multiples of {layer.channel_groups}")
+                             f"{layer.num_channels}, pruned in multiples of {layer.unit_size}")
     keep = {layer.name: layer.unit_channels(torch.arange(int(widths.get(layer.name, layer.num_channels))
-                                                         // layer.channel_groups)) for layer in layers}
+                                                         // layer.unit_size)) for layer in layers}
     slim(model, layers, keep, example_input)

@@ -23,6 +23,7 @@ from infoprune.pruning.stats import collect_statistics
 from infoprune.pruning.storage import load_channel_scores, save_channel_scores
 from tests.conftest import CONF
 from tests.test_grouped_convolutions import tiny_resnext
+from tests.test_transformers import tiny_timm_vit
 from tests.two_processes import rank_zero_result
 
 
@@ -137,10 +138,10 @@ def test_input_l1_is_the_filter_norm():
 NETWORKS = {"lenet5": (lambda: LeNet5(), (1, 28)), "simplenet": (lambda: SimpleNet(width=0.25), (3, 32)),
             "alexnet": (lambda: AlexNet(num_classes=10, width=0.25), (3, 224)),
             "vgg16_bn": (lambda: VGG16BN(width=0.25), (3, 32)), "resnet56": (lambda: CifarResNet(), (3, 32)),
-            "resnext": (lambda: tiny_resnext(), (3, 16))}
+            "resnext": (lambda: tiny_resnext(), (3, 16)), "timm_vit_heads": (lambda: tiny_timm_vit(10), (3, 16))}
 ALL_METRICS = ["mi", "wmi", "wmi_l1", "wmi_act", "entropy", "l1_in", "l1_out", "random", "taylor", "bn_scale", "fpgm",
                "hrank", "chip", "apoz"]
-WITHOUT_BATCHNORM = {"lenet5", "alexnet"}
+WITHOUT_BATCHNORM = {"lenet5", "alexnet", "timm_vit_heads"}
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
@@ -168,7 +169,8 @@ def test_every_metric_config_on_every_network_gives_one_finite_score_per_channel
                 values = scores[layer.name]
                 assert values.shape == (layer.num_channels,) and torch.isfinite(values).all(), (name, layer.name)
     assert len(layers) == {"lenet5": 2, "simplenet": 13, "alexnet": 5, "vgg16_bn": 13,
-                           "resnet56": 27 + 3, "resnext": 6}[network]  # inner widths + the stage widths
+                           "resnet56": 27 + 3, "resnext": 6,
+                           "timm_vit_heads": 5}[network]  # inner widths + the stage widths (+ attention heads)
 
 
 def test_random_scores_are_reproducible_and_differ_between_seeds(small_setup):

@@ -22,6 +22,7 @@ from infoprune.pruning.layers import (
 )
 from infoprune.pruning.masks import apply_channel_masks
 from infoprune.pruning.metrics import RandomScore
+from infoprune.pruning.multihead import PairedMultiheadAttention
 from infoprune.pruning.selection import select_layerwise
 from infoprune.pruning.slim import slim, slim_to_widths
 from infoprune.pruning.stats import channel_maps, collect_statistics
@@ -40,12 +41,12 @@ def tiny_vit() -> VisionTransformer:
 
 
 def keep_all_but(layers, pruned: dict[str, int]) -> dict[str, torch.Tensor]:
-    """Every group whole, except ``pruned[name]`` units (blocks of ``channel_groups`` channels) of the named ones,
-    chosen at random."""
+    """Every group whole, except ``pruned[name]`` units (``unit_size`` channels: a position of every grouped block,
+    a head) of the named ones, chosen at random."""
     g = torch.Generator().manual_seed(1)
     keep = {}
     for layer in layers:
-        units = layer.num_channels // layer.channel_groups
+        units = layer.num_channels // layer.unit_size
         kept = torch.randperm(units, generator=g)[: units - pruned.get(layer.name, 0)].sort().values
         keep[layer.name] = layer.unit_channels(kept)
     return keep
@@ -87,14 +88,24 @@ def test_convnext_masked_equals_slimmed_with_exact_widths():
     assert net.classifier[2].in_features == 11
 
 
-def test_vit_groups_are_the_embedding_width_and_each_mlp_hidden_width():
+def test_vit_groups_are_the_embedding_width_each_mlp_hidden_width_and_each_blocks_heads():
     net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
+    dense = copy.deepcopy(net)
     layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
-    assert sorted(layers) == ["conv_proj", "encoder.layers.encoder_layer_0.mlp.0", "encoder.layers.encoder_layer_1.mlp.0"]
-    embed = layers["conv_proj"]
-    assert embed.channel_groups == 2  # every head keeps the same dimension
-    assert len(embed.attentions) == 2 and len(embed.norms) == 5  # two per block and the encoder's last
+    attention = net.encoder.layers[0].self_attention  # nn.MultiheadAttention made a linear pair
+    assert isinstance(attention, PairedMultiheadAttention) and is_linear_pair(attention)
+    with torch.no_grad():
+        assert torch.equal(net(x), dense(x))
+    assert net.state_dict().keys() == dense.state_dict().keys()  # nn.MultiheadAttention's names
+    assert sorted(layers) == ["conv_proj", "encoder.layers.encoder_layer_0.mlp.0",
+                              "encoder.layers.encoder_layer_0.self_attention.qkv", "encoder.layers.encoder_layer_1.mlp.0",
+                              "encoder.layers.encoder_layer_1.self_attention.qkv"]
+    embed, heads = layers["conv_proj"], layers["encoder.layers.encoder_layer_0.self_attention.qkv"]
+    assert embed.channel_groups == 1 and not embed.attentions  # the heads have a width of their own
+    assert attention.proj in {m.module for m in embed.members} and attention.qkv in {c.module for c in embed.consumers}
+    assert len(embed.norms) == 5  # two per block and the encoder's last
     assert {tuple(p.shape) for p, _ in embed.parameters} == {(1, 1, 16), (1, 17, 16)}  # class token, positions
+    assert (heads.heads_of, heads.num_channels, heads.unit_size) == (attention, 48, 24)
 
 
 def test_vit_mlp_hidden_widths_masked_equal_slimmed():
@@ -104,20 +115,27 @@ def test_vit_mlp_hidden_widths_masked_equal_slimmed():
     assert [block.mlp[0].out_features for block in net.encoder.layers] == [15, 23]
 
 
-def test_vit_embedding_width_slims_every_tied_part_and_reloads_from_its_structure():
+def test_vit_embedding_width_and_heads_slim_every_tied_part_and_reload_from_their_structure():
     net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
     layers = find_prunable_layers(net, x[:1])
     keep = select_layerwise({layer.name: RandomScore(2)(layer) for layer in layers}, layers, 0.5, mode="channels")
     slim(net, layers, keep, x[:1])
     attention = net.encoder.layers[0].self_attention
     assert (net.hidden_dim, net.class_token.shape[-1], net.encoder.pos_embedding.shape[-1]) == (8, 8, 8)
-    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (8, 2, 4)
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (8, 1, 8)
+    assert (attention.qkv.weight.shape, attention.proj.weight.shape) == ((24, 8), (8, 8))
     assert net.heads.head.in_features == 8 and net(x).shape == (2, 5)
     rebuilt = tiny_vit()
     slim_to_widths(rebuilt, {layer.name: layer.num_channels for layer in layers}, x[:1])
     rebuilt.load_state_dict(net.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
+
+
+def test_vit_heads_and_embedding_width_masked_equal_slimmed():
+    net, x = tiny_vit(), torch.randn(2, 3, 16, 16)
+    assert_masked_equals_slimmed_exactly(net, {"conv_proj": 3, "encoder.layers.encoder_layer_1.self_attention.qkv": 1}, x)
+    assert [block.self_attention.num_heads for block in net.encoder.layers] == [2, 1]
 
 
 @pytest.mark.parametrize("build, size", [(tiny_convnext, 32), (tiny_vit, 16)])
@@ -127,7 +145,7 @@ def test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(bu
     layers = find_prunable_layers(dense, x)
     for layer in layers:
         cost = PruningCost(dense, layers, x)
-        unit = layer.unit_channels(torch.arange(min(units, layer.num_channels // layer.channel_groups - 1)))
+        unit = layer.unit_channels(torch.arange(min(units, layer.num_channels // layer.unit_size - 1)))
         for channel in unit.tolist():
             cost.remove(layer.name, channel)
         net = build()
@@ -197,28 +215,61 @@ def test_swin_mlp_hidden_widths_masked_equal_slimmed():
     assert_masked_equals_slimmed_exactly(net, {"features.1.0.mlp.0": 9, "features.3.0.mlp.0": 20}, x)
 
 
-def tiny_timm_vit() -> nn.Module:
+def tiny_timm_vit(num_classes: int = 5) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     torch.manual_seed(0)
-    return randomized(TimmViT(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5)).eval()
+    return randomized(TimmViT(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2,
+                              num_classes=num_classes)).eval()
 
 
-def test_timm_attention_keeps_its_heads_while_the_embedding_width_and_mlps_prune():
+def test_timm_attention_heads_prune_whole_beside_the_embedding_width_and_mlps():
     net, x = tiny_timm_vit(), torch.randn(2, 3, 16, 16)
-    layers = find_prunable_layers(net, x[:1])
-    assert sorted(layer.name for layer in layers) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1", "patch_embed.proj"]
-    embed = next(layer for layer in layers if layer.name == "patch_embed.proj")
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x[:1])}
+    assert sorted(layers) == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1",
+                              "patch_embed.proj"]
+    embed, heads = layers["patch_embed.proj"], layers["blocks.0.attn.qkv"]
     assert net.blocks[0].attn.proj in {m.module for m in embed.members}  # written by the output projection
     assert net.blocks[0].attn.qkv in {c.module for c in embed.consumers}  # read by the fused projection
-    # the heads are untouched: masked == slimmed exactly
-    assert_masked_equals_slimmed_exactly(net, {"patch_embed.proj": 5, "blocks.0.mlp.fc1": 30}, x)
+    assert heads.heads_of is net.blocks[0].attn and (heads.num_channels, heads.unit_size) == (48, 24)
+    assert heads.unit_channels([1]).tolist() == [*range(8, 16), *range(24, 32), *range(40, 48)]  # q, k, v of head 1
+    # a removed head's queries, keys and values are zero when masked: masked == slimmed exactly
+    assert_masked_equals_slimmed_exactly(net, {"patch_embed.proj": 5, "blocks.0.mlp.fc1": 30,
+                                               "blocks.0.attn.qkv": 1}, x)
     attention = net.blocks[0].attn
-    assert (attention.qkv.in_features, attention.qkv.out_features, attention.num_heads) == (11, 48, 2)
-    assert net.blocks[0].mlp.fc1.out_features == 34
+    assert (attention.qkv.in_features, attention.qkv.out_features, attention.num_heads) == (11, 24, 1)
+    assert (attention.proj.in_features, attention.attn_dim, attention.head_dim) == (8, 8, 8)
+    assert net.blocks[1].attn.num_heads == 2 and net.blocks[0].mlp.fc1.out_features == 34
 
 
-@pytest.mark.parametrize("build, size", [(tiny_timm_vit, 16)])
+def test_a_group_of_heads_keeps_at_least_one_head_and_reloads_from_its_structure():
+    net, x = tiny_timm_vit(), torch.randn(2, 3, 16, 16)
+    layers = find_prunable_layers(net, x[:1])
+    scores = {layer.name: RandomScore(3)(layer) for layer in layers}
+    # 60% of 48 channels rounds up to whole heads: both
+    assert len(select_layerwise(scores, layers, 0.4, mode="channels")["blocks.0.attn.qkv"]) == 48
+    keep = select_layerwise(scores, layers, 0.9, mode="channels")
+    assert {name: len(keep[name]) for name in ("blocks.0.attn.qkv", "blocks.1.attn.qkv")} == {
+        "blocks.0.attn.qkv": 24, "blocks.1.attn.qkv": 24}
+    widths = dict(zip([layer.name for layer in layers], slim(net, layers, keep, x[:1])))
+    assert [block.attn.num_heads for block in net.blocks] == [1, 1]
+    rebuilt = tiny_timm_vit()
+    slim_to_widths(rebuilt, widths, x[:1])
+    rebuilt.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+
+
+def tiny_timm_vit_explicit_products() -> nn.Module:
+    """``tiny_timm_vit`` computing attention by explicit matrix products, which the FLOP counter counts (it does not
+    count the fused kernel's)."""
+    net = tiny_timm_vit()
+    for block in net.blocks:
+        block.attn.fused_attn = False
+    return net
+
+
+@pytest.mark.parametrize("build, size", [(tiny_timm_vit, 16), (tiny_timm_vit_explicit_products, 16)])
 def test_timm_vit_costs_are_exact(build, size):
     test_the_cost_of_removing_one_unit_of_any_group_is_what_slimming_it_saves(build, size)
 
