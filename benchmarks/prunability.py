@@ -10,7 +10,7 @@ the output has the structure and shapes it had before, then save the slimmed wei
 what ``ImageClassifier`` does with ``structure``), load the weights strictly and compare outputs.
 
     python -m benchmarks.prunability [--family classification segmentation detection timm] [--models PATTERN ...]
-        [--size 224] [--images 8] [--records DIR] [--timeout 900] [--threads 2]
+        [--size 224] [--images 8] [--records DIR] [--timeout 900] [--threads 2] [--reduce MODEL=SIZE ...]
 
 Every model runs in its own process (a crash or a timeout is that model's failure, not the sweep's) and writes
 ``<records>/<family>__<model>.json``; a rerun with the same ``--records`` skips the models already recorded.
@@ -20,7 +20,8 @@ keeps its structure and the reloaded network gives the slimmed one's outputs (wi
 Last line: JSON with ``torchvision_total``, ``torchvision_prunable`` (classification), ``segmentation_total``,
 ``segmentation_prunable``, ``detection_total``, ``detection_prunable``, ``timm_total``, ``timm_prunable`` (of the
 families run) and ``failures``
-(model -> reason)."""
+(model -> reason). ``--reduce`` runs the named timm models at a smaller input than their own (``img_size``), for
+models too large for the machine's memory at theirs; their records and the table's input column say so."""
 from __future__ import annotations
 
 import argparse
@@ -81,10 +82,13 @@ def model_names(family: str, patterns: list[str]) -> list[str]:
     return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
-def native_size(family: str, name: str, size: int) -> int:
-    """The input size a model is built for: a timm model's own (its ``pretrained_cfg``), ``size`` otherwise."""
+def native_size(family: str, name: str, size: int, reduced: dict[str, int]) -> int:
+    """The input size a model is run at: ``reduced[name]`` if given, a timm model's own (its ``pretrained_cfg``),
+    ``size`` otherwise."""
     if family != "timm":
         return size
+    if name in reduced:
+        return reduced[name]
     import timm
 
     return int(timm.create_model(name, pretrained=False).pretrained_cfg.get("input_size", (3, size, size))[-1])
@@ -121,13 +125,15 @@ class DetectionOutputs(torch.nn.Module):
         return out
 
 
-def build(family: str, name: str) -> torch.nn.Module:
-    """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call)."""
+def build(family: str, name: str, img_size: int | None = None) -> torch.nn.Module:
+    """The model with random weights and ``NUM_CLASSES`` outputs, in eval mode (the same on every call); a timm
+    model built for input ``img_size`` when given."""
     torch.manual_seed(0)
     if family == "timm":
         import timm
 
-        return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
+        extra = {"img_size": img_size} if img_size else {}
+        return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **extra).eval()
     extra = {"segmentation": {"weights_backbone": None, "aux_loss": False},
              "detection": {"weights_backbone": None}}.get(family, {})
     if name in AUXILIARY_CLASSIFIERS:
@@ -164,17 +170,18 @@ def end_to_end(net: torch.nn.Module, images: torch.Tensor) -> list | None:
         return sorted(net.model(list(images[:1]))[0])
 
 
-def check_model(family: str, name: str, size: int, images: int) -> dict:
-    """One model through groups -> wmi scores -> global FLOPs selection -> slimming -> save and reload; returns
-    the record (groups, sizes before and after, the checks, seconds per phase, the failure if any)."""
+def check_model(family: str, name: str, size: int, images: int, reduced: bool = False) -> dict:
+    """One model through groups -> wmi scores -> global FLOPs selection -> slimming -> save and reload (built for
+    input ``size`` when ``reduced``); returns the record (groups, sizes before and after, the checks, seconds per
+    phase, the failure if any)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    net = build(family, name)
+    net = build(family, name, size if reduced else None)
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = output_shapes(net(probe)), end_to_end(net, probe)
-    record = {"family": family, "model": name, "input": [3, size, size],
+    record = {"family": family, "model": name, "input": [3, size, size], "reduced_input": reduced,
               "params_before": count_parameters(net), "flops_before": count_flops(net, example)}
     seconds["build"] = time.perf_counter() - start
 
@@ -211,7 +218,7 @@ def check_model(family: str, name: str, size: int, images: int) -> dict:
         path = Path(scratch) / "slimmed.pt"
         torch.save({"structure": structure, "state_dict": net.state_dict()}, path)
         saved = torch.load(path, weights_only=True)
-    rebuilt = build(family, name)
+    rebuilt = build(family, name, size if reduced else None)
     slim_to_widths(rebuilt, saved["structure"], example)
     rebuilt.load_state_dict(saved["state_dict"], strict=True)
     with torch.no_grad():
@@ -231,7 +238,8 @@ def run_one(family: str, name: str, args: argparse.Namespace) -> dict:
     """``check_model`` in a child process with a timeout; a crash, an exception or a timeout is the record's
     ``failure`` (the exception's last line)."""
     command = [sys.executable, "-m", "benchmarks.prunability", "--one", family, name, "--size", str(args.size),
-               "--images", str(args.images), "--threads", str(args.threads)]
+               "--images", str(args.images), "--threads", str(args.threads),
+               "--reduce", *(f"{model}={size}" for model, size in args.reduce.items())]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
@@ -253,7 +261,8 @@ def run_one(family: str, name: str, args: argparse.Namespace) -> dict:
 def child(family: str, name: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     try:
-        record = check_model(family, name, native_size(family, name, args.size), args.images)
+        record = check_model(family, name, native_size(family, name, args.size, args.reduce), args.images,
+                             name in args.reduce)
     except Exception as error:  # noqa: BLE001 - any failure of a model is its record
         last = traceback.format_exception_only(error)[-1].strip()
         record = {"family": family, "model": name, "failure": f"{type(error).__name__} in pruning: {last[:300]}"}
@@ -265,15 +274,27 @@ def prunable(record: dict) -> bool:
 
 
 def print_table(records: list[dict]) -> None:
-    print("| model | family | groups | params kept | FLOPs kept | forward ok | reload ok | seconds | failure |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | family | input | groups | params kept | FLOPs kept | forward ok | reload ok | seconds | failure |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         def pct(key):
             return f"{r[key]:.1%}" if key in r else "-"
         yes = {True: "yes", False: "no", None: "-"}
-        print(f"| {r['model']} | {r['family']} | {r.get('groups', '-')} | {pct('params_kept')} | {pct('flops_kept')} "
+        size = f"{r['input'][-1]}{' (reduced)' if r.get('reduced_input') else ''}" if "input" in r else "-"
+        print(f"| {r['model']} | {r['family']} | {size} | {r.get('groups', '-')} | {pct('params_kept')} | {pct('flops_kept')} "
               f"| {yes[r.get('forward_ok')]} | {yes[r.get('reload_ok')]} | {r.get('wall_s', 0):.0f} "
               f"| {r.get('failure') or ''} |")
+
+
+def parse_reduced(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, int]:
+    """``MODEL=SIZE`` pairs as a dict, or the parser's error for a malformed one."""
+    reduced = {}
+    for pair in pairs:
+        model, _, size = pair.partition("=")
+        if not model or not size.isdigit() or int(size) < 1:
+            parser.error(f"--reduce takes MODEL=SIZE pairs (a positive size in pixels), got {pair!r}")
+        reduced[model] = int(size)
+    return reduced
 
 
 def main() -> None:
@@ -286,8 +307,11 @@ def main() -> None:
                         help="one JSON record per model; models recorded there are not rerun")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each model's process")
+    parser.add_argument("--reduce", nargs="*", default=[], metavar="MODEL=SIZE",
+                        help="timm models run at a smaller input than their own (too large for memory at theirs)")
     parser.add_argument("--one", nargs=2, metavar=("FAMILY", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.reduce = parse_reduced(parser, args.reduce)
     if args.one:
         return child(*args.one, args)
 

@@ -220,6 +220,15 @@ def test_torchvision_networks_with_excitation_and_segmentation_heads_prune_and_r
     assert 0.45 <= record["flops_kept"] <= 0.5 + 1e-9
 
 
+def test_a_timm_model_runs_at_a_reduced_input_with_its_heads_pruned_whole():
+    """``--reduce``: timm's six-block test ViT built for 32 x 32 instead of its own 160 x 160 prunes, slims and
+    reloads."""
+    record = check_model("timm", "test_vit", size=32, images=4, reduced=True)
+    assert record["failure"] is None, record["failure"]
+    assert record["input"] == [3, 32, 32] and record["reduced_input"]
+    assert record["groups"] == 1 + 2 * 6 and record["forward_ok"] and record["reload_ok"]  # width, heads, MLPs
+
+
 class AuxiliaryInTraining(nn.Module):
     """An auxiliary classifier that reads the features only in training, as GoogLeNet's."""
 
