@@ -54,13 +54,17 @@ def output_l1(layer: PrunableLayer) -> torch.Tensor:
     """``sum |W'[:, c]|`` over every weight that reads channel ``c`` in the consuming layers: the next conv's input
     slice, every input feature a flatten maps the channel to in a linear layer, and, for a channel read by several
     layers (residual additions, branches), the sum over all of them; in a grouped convolution, the filters of the
-    channel's own group."""
+    channel's own group. In a group of attention heads (``PrunableLayer.heads_of``) only the values' rows are read
+    by weights (the output projection's columns); a head's query and key dimensions ``d`` get the output L1 of its
+    value dimension ``d``, so that a head is weighed by the weights that read its output."""
     total = torch.zeros(layer.num_channels, dtype=torch.float64)
     for consumer in layer.consumers:
         weight = consumer.module.weight.detach().double().abs()
         groups = convolution_groups(consumer.module)  # input i of a grouped conv: group i // (in / g)
         per_input = weight.unflatten(0, (groups, -1)).sum(dim=[1] + list(range(3, weight.dim() + 1))).flatten().cpu()
         total.index_add_(0, consumer.root_idxs, per_input[consumer.idxs])
+    if layer.heads_of is not None:
+        total = total.view(layer.channel_groups, -1)[-1].repeat(layer.channel_groups)
     return total
 
 

@@ -279,6 +279,11 @@ MUTATIONS = [
              "                      math.lcm(round_to, layer.unit_size))",
              "                      math.lcm(round_to, layer.channel_groups))",
              ("tests/test_transformers.py::test_a_group_of_heads_keeps_at_least_one_head_and_reloads_from_its_structure",)),
+    Mutation("a head weighed by what reads its output", "pruning/metrics.py",
+             "        total = total.view(layer.channel_groups, -1)[-1].repeat(layer.channel_groups)\n",
+             "        pass\n",
+             ("tests/test_transformers.py::"
+              "test_a_heads_query_key_and_value_dimensions_share_the_output_l1_of_the_weights_reading_the_head",)),
     Mutation("nn.MultiheadAttention made a linear pair", "pruning/layers.py",
              "    pair_multihead_attention(model)\n", "",
              ("tests/test_transformers.py::test_vit_groups_are_the_embedding_width_each_mlp_hidden_width_and_each_blocks_heads",)),

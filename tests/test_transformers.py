@@ -242,6 +242,15 @@ def test_timm_attention_heads_prune_whole_beside_the_embedding_width_and_mlps():
     assert net.blocks[1].attn.num_heads == 2 and net.blocks[0].mlp.fc1.out_features == 34
 
 
+def test_a_heads_query_key_and_value_dimensions_share_the_output_l1_of_the_weights_reading_the_head():
+    from infoprune.pruning.metrics import output_l1
+
+    net, x = tiny_timm_vit(), torch.randn(2, 3, 16, 16)
+    heads = next(layer for layer in find_prunable_layers(net, x[:1]) if layer.name == "blocks.0.attn.qkv")
+    columns = net.blocks[0].attn.proj.weight.detach().double().abs().sum(dim=0)  # what reads head dimension d
+    assert torch.allclose(output_l1(heads), columns.repeat(3))
+
+
 def test_a_group_of_heads_keeps_at_least_one_head_and_reloads_from_its_structure():
     net, x = tiny_timm_vit(), torch.randn(2, 3, 16, 16)
     layers = find_prunable_layers(net, x[:1])
