@@ -4,13 +4,15 @@
 ``proj`` linear layer and a fixed ``head_dim``/``num_heads``) reads its input channels through ``qkv`` and writes
 its output channels through ``proj``; its heads in between have a width of their own. ``LinearPairPruner`` makes
 such a module one node of Torch-Pruning's dependency graph: removing input channels removes ``qkv``'s columns,
-removing output channels ``proj``'s rows, and the heads are left whole (the tracer would otherwise tie the fused
-query-key-value output to the output projection through the reshape into heads, which it cannot map).
+removing output channels ``proj``'s rows (the tracer would otherwise tie the fused query-key-value output to the
+output projection through the reshape into heads, which it cannot map). Its heads have a group of their own
+(``prune_heads``, ``pruning.layers.head_layer``) when removing one gives what zeroing its queries, keys and values
+gives. ``nn.MultiheadAttention`` is made such a module (``pruning.multihead``) where it can be.
 
 **Tied attention**: the rest of this docstring.
 
-``nn.MultiheadAttention`` and torchvision's Swin window attention project a token of width ``E`` to queries, keys
-and values of width ``E`` each (one fused projection, ``3E x E``), split them into ``num_heads`` heads of
+An ``nn.MultiheadAttention`` left as it is (``pruning.multihead.can_pair``) and torchvision's Swin window attention
+project a token of width ``E`` to queries, keys and values of width ``E`` each (one fused projection, ``3E x E``), split them into ``num_heads`` heads of
 ``E / num_heads`` dimensions, and project the heads' outputs back to ``E``. A channel ``c`` of the residual width they
 sit on is therefore also dimension ``c`` of the queries, keys and values: removing it removes rows ``c``, ``E + c``,
 ``2E + c`` of the fused projection, its column ``c``, and row and column ``c`` of the output projection. Channels are

@@ -43,9 +43,9 @@ def keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def keep_top_channels(layer: PrunableLayer, scores: torch.Tensor, n: int) -> torch.Tensor:
-    """Sorted channels of ``layer`` to keep: the ``n`` highest scores, or, where grouped convolutions split the
-    channels into ``g`` blocks (``layer.channel_groups``), the ``n / g`` positions of highest mean score
-    (``PrunableLayer.unit_scores``) in every block; ``n`` must then be a multiple of ``g``."""
+    """Sorted channels of ``layer`` to keep: the ``n`` highest scores, or, where channels go in units of ``u``
+    (``layer.unit_size``: a position of every block of grouped convolutions, a head), the ``n / u`` units of highest
+    mean score (``PrunableLayer.unit_scores``); ``n`` must then be a multiple of ``u``."""
     if n % layer.unit_size:
         raise ValueError(f"layer {layer.name!r} keeps channels in multiples of {layer.unit_size} (grouped "
                          f"convolutions or attention heads); {n} is not one")
