@@ -146,6 +146,10 @@ class PrunableLayer:
         starts = torch.as_tensor(units, dtype=torch.long) * self.unit_width
         return (starts[None, :, None] + offsets[:, None, :]).flatten().sort().values
 
+    def unit_of(self, channel: int) -> int:
+        """The unit channel ``c`` belongs to: ``(c mod C / g) // w``."""
+        return channel % (self.num_channels // self.channel_groups) // self.unit_width
+
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """One score per unit ``u``: the mean of ``scores`` over its channels (``unit_channels``; the scores
         themselves when ``g`` and ``w`` are 1)."""
@@ -411,10 +415,14 @@ def _bounded_index_mapping():
 
 def _covers_pruning_op(group: tp.Group, dep, idxs) -> bool:
     """Whether ``group`` already prunes every index of ``idxs`` (with its root index) on ``dep``'s layer and
-    operation."""
-    covered = {i for other, other_idxs in group.items
-               if other.target == dep.target and other.handler == dep.handler for i in other_idxs}
-    return all(i in covered for i in idxs)
+    operation. The indices of each (layer, operation) are collected as the group grows (``group._covered``: the
+    items seen, their indices by layer and operation), so that a search's checks take time linear in its items."""
+    seen, covered = getattr(group, "_covered", (0, {}))
+    for other, other_idxs in group.items[seen:]:
+        covered.setdefault((other.target, other.handler), set()).update(other_idxs)
+    group._covered = (len(group.items), covered)
+    found = covered.get((dep.target, dep.handler), ())
+    return all(i in found for i in idxs)
 
 
 class DependencyGraph(tp.DependencyGraph):
