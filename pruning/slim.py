@@ -48,8 +48,7 @@ def slim(model: nn.Module, layers: list[PrunableLayer], keep: Mapping[str, torch
     for layer in layers:
         removed = removed_channels(layer, keep[layer.name]).tolist()
         if removed and layer.heads_of is not None:
-            block = layer.num_channels // layer.channel_groups  # the query rows: one block of the three
-            prune_heads(layer.heads_of, sorted({c // layer.unit_width for c in removed if c < block}))
+            prune_heads(layer.heads_of, sorted({layer.unit_of(c) for c in removed}))
         elif removed:
             rows = [(member.module, name) for member in layer.members
                     for name, _ in layer_row_parameters(member.module)]

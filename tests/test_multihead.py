@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from infoprune.pruning.layers import find_prunable_layers
 from infoprune.pruning.multihead import PairedMultiheadAttention, pair_multihead_attention
+from infoprune.pruning.selection import select_layerwise
 from infoprune.pruning.slim import slim, slim_to_widths
-from tests.test_transformers import assert_masked_equals_slimmed_exactly, keep_all_but
+from tests.test_transformers import assert_masked_equals_slimmed_exactly
 
 
 def attention_pair(batch_first: bool) -> tuple[nn.MultiheadAttention, PairedMultiheadAttention]:
@@ -106,6 +107,11 @@ def test_a_single_head_stays_a_group_that_keeps_it():
     layers = find_prunable_layers(net, x[:1])
     heads = next(layer for layer in layers if layer.heads_of is not None)
     assert heads.num_channels == heads.unit_size == 48
-    keep = keep_all_but(layers, {})
+    scores = {layer.name: torch.rand(layer.num_channels) for layer in layers}
+    keep = select_layerwise(scores, layers, 0.99, mode="channels")  # as few channels as every group allows
+    assert len(keep[heads.name]) == 48
+    with pytest.raises(ValueError, match="without channels"):
+        slim(copy.deepcopy(net), layers, {**keep, heads.name: keep[heads.name][:0]}, x[:1])
     slim(net, layers, keep, x[:1])
     assert net[1].self_attn.num_heads == 1
+    assert net(x).shape == (2, 5, 3)
