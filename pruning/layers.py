@@ -421,8 +421,7 @@ def _covers_pruning_op(group: tp.Group, dep, idxs) -> bool:
     for other, other_idxs in group.items[seen:]:
         covered.setdefault((other.target, other.handler), set()).update(other_idxs)
     group._covered = (len(group.items), covered)
-    found = covered.get((dep.target, dep.handler), ())
-    return all(i in found for i in idxs)
+    return covered.get((dep.target, dep.handler), set()).issuperset(idxs)
 
 
 class DependencyGraph(tp.DependencyGraph):
