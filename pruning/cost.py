@@ -142,7 +142,7 @@ class PruningCost:
             before = self.attention_costs[attention](self.widths[attention])
             after = self.attention_costs[attention](self.widths[attention] - 1)
             params, flops = params + before[0] - after[0], flops + before[1] - after[1]
-        if name in self.head_extras and channel == int(layer.unit_channels([layer.unit_of(channel)])[0]):
+        if name in self.head_extras and channel == layer.unit_of(channel) * layer.unit_width:
             params, flops = params + self.head_extras[name][0], flops + self.head_extras[name][1]
         return params, flops
 
