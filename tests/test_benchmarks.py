@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 CASES = {
     "data_throughput": (["--batches", "3", "--width", "0.125", "--batch-size", "32"], "data_wait_share"),
-    "stats_overhead": (["--images", "64", "--repeats", "1", "--simplenet-width", "0.125", "--batch-size", "64",
+    "stats_overhead": (["--images", "64", "--repeats", "1", "--simplenet-width", "0.125", "--batch-size", "32",
                         "--memory-images", "32"],
                        "scoring_over_one_inference_pass"),
     "slim_latency": (["--width", "0.125", "--repeats", "1", "--batch-size", "4", "--tv-size", "32"],
